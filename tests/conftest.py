@@ -1,0 +1,40 @@
+"""Shared fixtures: generated competitions, the real mini benchmark, a tiny open_clip model."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from toolkit.synthetic import make_synthetic_competition
+
+PROJECT = Path(__file__).resolve().parents[1]
+BENCHMARKS = PROJECT.parent / "shared" / "benchmarks"
+TINY_CLIP = "RR-Tiny-ViT"
+
+
+@pytest.fixture(scope="session")
+def synthetic_competition(tmp_path_factory) -> Path:
+    return make_synthetic_competition(tmp_path_factory.mktemp("synthetic") / "competition")
+
+
+@pytest.fixture(scope="session")
+def mini_benchmark() -> Path:
+    path = BENCHMARKS / "lfw-style-mini"
+    if not (path / "answers.json").is_file():
+        pytest.skip(f"real benchmark not here: {path} (it lives in ../shared/benchmarks beside the repo)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_clip_model(tmp_path_factory) -> str:
+    """Registers a tiny open_clip architecture (random weights) and returns its name."""
+    import open_clip
+
+    config = {"embed_dim": 32,
+              "vision_cfg": {"image_size": 64, "layers": 2, "width": 64, "patch_size": 16, "head_width": 32},
+              "text_cfg": {"context_length": 16, "vocab_size": 49408, "width": 32, "heads": 2, "layers": 1}}
+    folder = tmp_path_factory.mktemp("open_clip_configs")
+    (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
+    open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
+    return TINY_CLIP

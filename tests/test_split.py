@@ -1,0 +1,61 @@
+from pathlib import Path
+
+import pytest
+
+from toolkit.dataset import LabelledImage
+from toolkit.split import make_validation_split
+
+
+def _training(counts: dict[str, int], stylised: bool = False) -> list[LabelledImage]:
+    items = []
+    for label, count in counts.items():
+        for number in range(count):
+            suffix = "_s" if stylised and number % 2 else ""
+            items.append(LabelledImage(Path(f"/t/{label}/{label}_{number}{suffix}.jpg"), label))
+    return items
+
+
+TRAINING = _training({f"id{n:02d}": 1 + n % 6 for n in range(40)})
+
+
+def test_identities_never_on_both_sides_and_nothing_lost():
+    split = make_validation_split(TRAINING, held_out_fraction=0.25, seed=3)
+    fit_labels = {item.label for item in split.fit}
+    assert not fit_labels & split.held_out_identities
+    assert len(split.held_out_identities) == 10
+    everything = split.fit + split.queries + split.gallery
+    assert sorted(map(str, (item.path for item in everything))) == sorted(str(item.path) for item in TRAINING)
+
+
+def test_every_query_identity_has_a_gallery_match():
+    split = make_validation_split(TRAINING, held_out_fraction=0.3, seed=1)
+    gallery_labels = {item.label for item in split.gallery}
+    assert split.queries and all(item.label in gallery_labels for item in split.queries)
+    assert not {item.path for item in split.queries} & {item.path for item in split.gallery}
+
+
+def test_single_image_identities_become_gallery_distractors():
+    training = _training({"solo": 1, "pair": 2})
+    split = make_validation_split(training, held_out_fraction=0.99, seed=0)
+    assert [item.label for item in split.queries] == ["pair"]
+    assert sorted(item.label for item in split.gallery) == ["pair", "solo"]
+
+
+def test_seeded_and_reproducible():
+    first = make_validation_split(TRAINING, seed=7)
+    assert first == make_validation_split(TRAINING, seed=7)
+    assert first != make_validation_split(TRAINING, seed=8)
+
+
+def test_gallery_pattern_gives_stylised_files_the_gallery_role():
+    training = _training({f"id{n}": 4 for n in range(10)}, stylised=True)
+    split = make_validation_split(training, held_out_fraction=0.5, seed=0, gallery_pattern="*_s.*")
+    assert all(item.path.stem.endswith("_s") for item in split.gallery)
+    assert not any(item.path.stem.endswith("_s") for item in split.queries)
+
+
+def test_bad_inputs_say_what_is_wrong():
+    with pytest.raises(ValueError, match="two or more images"):
+        make_validation_split(_training({"a": 1, "b": 1}))
+    with pytest.raises(ValueError, match="between 0 and 1"):
+        make_validation_split(TRAINING, held_out_fraction=1.5)
