@@ -1,0 +1,184 @@
+"""Batched embedding extraction with an on-disk cache.
+
+Decoding and preprocessing run in DataLoader worker processes, overlapped with the model in the
+main process; the model runs under inference_mode (and autocast on CUDA, inside the Encoder).
+Optional flip test-time augmentation averages each image's embedding with its mirror's.
+
+The cache is keyed by (encoder fingerprint [+ ":flip"], file content hash), so a renamed or moved
+file is still a hit and an edited file is not; a second run over the same images re-embeds
+nothing. Unreadable files are embedded as a grey placeholder (a query must still be answered),
+reported by name, and never cached.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.text import Text
+from torch.utils.data import DataLoader, Dataset
+
+from strategies.base import Encoder, l2_normalise
+from toolkit.console import console
+from toolkit.images import UnreadableImage, load_rgb, placeholder_image
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("RETRIEVAL_RACE_CACHE", Path.home() / ".cache" / "retrieval-race")) / "embeddings"
+
+
+def file_digest(path: Path) -> str:
+    """Hash of a file's bytes: the cache key of its embedding."""
+    digest = hashlib.blake2b(digest_size=16)
+    with open(path, "rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class EmbeddingCache:
+    """Embeddings of one encoder fingerprint, stored as append-only .npz parts in one folder."""
+
+    def __init__(self, root: Path, fingerprint: str):
+        self.folder = Path(root) / fingerprint
+        self._vectors: dict[str, np.ndarray] | None = None
+
+    def _load(self) -> dict[str, np.ndarray]:
+        if self._vectors is None:
+            self._vectors = {}
+            for part in sorted(self.folder.glob("part-*.npz")):
+                try:
+                    with np.load(part) as stored:
+                        self._vectors.update(zip(stored["keys"].tolist(), stored["vectors"]))
+                except (OSError, ValueError, KeyError):  # a damaged part is ignored, not fatal
+                    continue
+        return self._vectors
+
+    def get(self, key: str) -> np.ndarray | None:
+        return self._load().get(key)
+
+    def __len__(self) -> int:
+        return len(self._load())
+
+    def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        if not len(keys):
+            return
+        self.folder.mkdir(parents=True, exist_ok=True)
+        part = self.folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
+        temporary = part.with_name(part.name + ".tmp.npz")
+        np.savez(temporary, keys=np.array(list(keys)), vectors=np.asarray(vectors, dtype=np.float32))
+        os.replace(temporary, part)
+        self._load().update(zip(keys, np.asarray(vectors, dtype=np.float32)))
+
+
+@dataclass
+class Embeddings:
+    paths: list[Path]
+    vectors: np.ndarray                                   # (n, d) float32, L2-normalised, in order
+    problems: dict[int, str] = field(default_factory=dict)  # row -> why that file could not be read
+    from_cache: int = 0
+    computed: int = 0
+    seconds: float = 0.0
+
+    @property
+    def unreadable(self) -> list[tuple[Path, str]]:
+        return [(self.paths[row], reason) for row, reason in sorted(self.problems.items())]
+
+    @property
+    def readable_mask(self) -> np.ndarray:
+        mask = np.ones(len(self.paths), dtype=bool)
+        mask[list(self.problems)] = False
+        return mask
+
+
+class _ImageFiles(Dataset):
+    def __init__(self, paths: Sequence[Path], encoder: Encoder):
+        self.paths = list(paths)
+        self.encoder = encoder
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            image, problem = load_rgb(self.paths[index]), ""
+        except UnreadableImage as error:
+            image, problem = placeholder_image(), error.reason
+        return index, self.encoder.preprocess(image), problem
+
+
+class _Collate:
+    """Top-level (picklable) collate: indices, the encoder's batch, decode problems."""
+
+    def __init__(self, encoder: Encoder):
+        self.encoder = encoder
+
+    def __call__(self, items):
+        indices = [index for index, _, _ in items]
+        problems = [problem for _, _, problem in items]
+        return indices, self.encoder.collate([item for _, item, _ in items]), problems
+
+
+class _Speed(ProgressColumn):
+    def render(self, task) -> Text:
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:.1f} img/s" if speed else "… img/s", style="cyan")
+
+
+def progress_bar(transient: bool = False) -> Progress:
+    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
+                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=transient)
+
+
+def default_workers() -> int:
+    return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
+def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
+                 flip_tta: bool = False, num_workers: int | None = None,
+                 description: str = "embedding", show_progress: bool = True) -> Embeddings:
+    """Embeddings of `paths` in order; cached ones are read, the rest computed in batches."""
+    started = time.perf_counter()
+    paths = [Path(path) for path in paths]
+    cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
+    keys = [file_digest(path) if path.is_file() else f"missing:{path}" for path in paths]
+    rows: list[np.ndarray | None] = [cache.get(key) for key in keys]
+    todo = [index for index, row in enumerate(rows) if row is None]
+    problems: dict[int, str] = {}
+
+    if todo:
+        workers = default_workers() if num_workers is None else num_workers
+        if len(todo) <= encoder.batch_size:
+            workers = 0  # not worth starting processes for one batch
+        loader = DataLoader(_ImageFiles([paths[index] for index in todo], encoder),
+                            batch_size=encoder.batch_size, shuffle=False, num_workers=workers,
+                            collate_fn=_Collate(encoder), pin_memory=encoder.device.type == "cuda",
+                            prefetch_factor=4 if workers else None, persistent_workers=False)
+        new_keys, new_vectors = [], []
+        with progress_bar(transient=not show_progress) as progress:
+            task = progress.add_task(description, total=len(todo), visible=show_progress)
+            for batch_indices, batch, decode_problems in loader:
+                vectors = encoder.encode(batch)
+                if flip_tta:
+                    vectors = l2_normalise(vectors + encoder.encode(encoder.flip(batch)))
+                for position, problem, vector in zip(batch_indices, decode_problems, vectors):
+                    index = todo[position]
+                    rows[index] = vector
+                    if problem:
+                        problems[index] = problem
+                    else:
+                        new_keys.append(keys[index])
+                        new_vectors.append(vector)
+                progress.advance(task, len(batch_indices))
+        cache.put(new_keys, np.stack(new_vectors) if new_vectors else np.zeros((0, 0), np.float32))
+
+    vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+    return Embeddings(paths=paths, vectors=vectors, problems=problems, from_cache=len(paths) - len(todo),
+                      computed=len(todo), seconds=time.perf_counter() - started)
