@@ -1,0 +1,75 @@
+import json
+
+import pytest
+
+from toolkit.dataset import find_competition
+from toolkit.metrics import score_submission
+from toolkit.race import parse_duration, race_table, run_race
+from toolkit.submission import load_submission, validate_submission
+
+
+@pytest.mark.parametrize("text, seconds", [("90m", 5400), ("1h30m", 5400), ("45s", 45), ("5400", 5400),
+                                            ("1.5h", 5400), (None, None), ("", None)])
+def test_parse_duration(text, seconds):
+    assert parse_duration(text) == seconds
+
+
+def test_parse_duration_rejects_nonsense():
+    with pytest.raises(ValueError, match="90m"):
+        parse_duration("soon")
+
+
+def _check_submission(path, competition):
+    submission = load_submission(path)
+    validate_submission(submission, [p.name for p in competition.queries], [p.name for p in competition.gallery])
+    return submission
+
+
+def test_race_on_generated_data_writes_valid_submissions(tmp_path, synthetic_competition, tiny_clip_model):
+    competition = find_competition(synthetic_competition)
+    specs = [("clip-zs", {"model": tiny_clip_model, "pretrained": None}),
+             ("cnn-zs", {"pretrained": False, "image_size": 64})]
+    result = run_race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+                      num_workers=0, show_progress=False, gallery_pattern="*_s.*")
+    assert [run.status for run in result.runs] == ["finished", "finished"]
+    for run in result.runs:
+        assert run.submission.parent == tmp_path / "subs"
+        _check_submission(run.submission, competition)
+        assert 0 <= run.validation.score <= 1000 and run.validation.queries == len(result.split.queries)
+    assert result.best in result.runs
+    assert race_table(result).row_count == 2
+
+
+def test_a_strategy_that_cannot_load_fails_alone(tmp_path, synthetic_competition, tiny_clip_model):
+    competition = find_competition(synthetic_competition)
+    specs = [("clip-zs", {"model": "ViT-B-32", "pretrained": "no-such-tag"}),
+             ("clip-zs", {"model": tiny_clip_model, "pretrained": None})]
+    result = run_race(competition, specs, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
+                      num_workers=0, show_progress=False)
+    assert [run.status for run in result.runs] == ["failed", "finished"]
+    assert "no-such-tag" in result.runs[0].reason
+    assert result.best is result.runs[1]
+
+
+def test_a_strategy_that_cannot_finish_in_the_budget_is_skipped(tmp_path, synthetic_competition, tiny_clip_model):
+    competition = find_competition(synthetic_competition)
+    result = run_race(competition, [("face-zs", {}), ("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
+                      budget_seconds=2, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
+                      num_workers=0, show_progress=False)
+    assert result.runs[0].status == "skipped" and "estimated" in result.runs[0].reason
+    assert not list(tmp_path.glob("*face-zs*.json"))
+
+
+def test_end_to_end_race_on_the_real_mini_benchmark(tmp_path, mini_benchmark, tiny_clip_model):
+    competition = find_competition(mini_benchmark)
+    specs = [("face-zs", {}), ("cnn-zs", {}), ("clip-zs", {"model": tiny_clip_model, "pretrained": None})]
+    result = run_race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+                      show_progress=False, held_out_fraction=0.5)
+    assert all(run.status == "finished" for run in result.runs), [run.reason for run in result.runs]
+    answers = json.loads((mini_benchmark / "answers.json").read_text())
+    test_scores = {run.label.split("[")[0]: score_submission(_check_submission(run.submission, competition), answers).score
+                   for run in result.runs}
+    # dlib's face descriptor is far above generic features on faces, even on 24 queries
+    assert test_scores["face-zs"] >= 700
+    assert test_scores["face-zs"] > test_scores["clip-zs"]
+    assert result.best.label == "face-zs"
