@@ -14,6 +14,9 @@ from pathlib import Path
 
 from invoke import Exit, task
 
+from toolkit.cpu_memory import keep_freed_memory_for_reuse
+
+keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
 PROJECT = Path(__file__).resolve().parent
 OFFLINE_STRATEGIES = "face-zs,cnn-zs"
 

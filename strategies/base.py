@@ -115,6 +115,12 @@ class TorchEncoder(Encoder):
         return l2_normalise(features.float().cpu().numpy())
 
 
+def hugging_face_cache_dir() -> str:
+    """Where Hugging Face hub downloads go (open_clip and timm weights among them)."""
+    from huggingface_hub import constants
+    return str(constants.HF_HUB_CACHE)
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

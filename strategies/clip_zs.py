@@ -17,15 +17,11 @@ from typing import Any
 import torch
 
 from strategies import register
-from strategies.base import Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of
+from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
+                             hugging_face_cache_dir)
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
-
-
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-    return str(constants.HF_HUB_CACHE)
 
 
 def _clip_url_cache_dir() -> str:
@@ -53,8 +49,8 @@ def cached_weights_path(model: str, pretrained: str) -> tuple[str | None, str]:
         for name in names:
             found = try_to_load_from_cache(repo_id, name)
             if isinstance(found, str):
-                return found, _hf_cache_dir()
-        return None, f"{_hf_cache_dir()} (hub repo {repo_id})"
+                return found, hugging_face_cache_dir()
+        return None, f"{hugging_face_cache_dir()} (hub repo {repo_id})"
     url = config.get("url", "")
     target = os.path.join(_clip_url_cache_dir(), os.path.basename(url))
     return (target if os.path.isfile(target) else None), _clip_url_cache_dir()

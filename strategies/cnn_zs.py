@@ -36,7 +36,8 @@ import torch
 from torch import nn
 
 from strategies import register
-from strategies.base import Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of
+from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
+                             hugging_face_cache_dir)
 from toolkit import efficientnet_lite
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -191,11 +192,6 @@ def _torch_hub_checkpoints() -> Path:
     return Path(torch.hub.get_dir()) / "checkpoints"
 
 
-def _hf_cache_dir() -> str:
-    from huggingface_hub import constants
-    return str(constants.HF_HUB_CACHE)
-
-
 def is_torchvision_name(name: str) -> bool:
     import torchvision
     return name in torchvision.models.list_models(module=torchvision.models)
@@ -244,8 +240,8 @@ def _timm_cached_file(name: str) -> tuple[str | None, str]:
         for filename in names:
             found = try_to_load_from_cache(repo, filename, revision=revision or None)
             if isinstance(found, str):
-                return found, _hf_cache_dir()
-        places.append(f"{_hf_cache_dir()} (hub repo {repo})")
+                return found, hugging_face_cache_dir()
+        places.append(f"{hugging_face_cache_dir()} (hub repo {repo})")
     url = getattr(config, "url", None)
     if url:
         target = _torch_hub_checkpoints() / os.path.basename(urlparse(url).path)
