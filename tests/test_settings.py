@@ -1,0 +1,31 @@
+from pathlib import Path
+
+import pytest
+
+from toolkit.settings import SettingsError, load_settings
+
+
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch):
+    for variable in ("RETRIEVAL_RACE_URL", "RETRIEVAL_RACE_GROUP", "RETRIEVAL_RACE_LEADERBOARD", "RETRIEVAL_RACE_CONFIG"):
+        monkeypatch.delenv(variable, raising=False)
+
+
+def test_defaults_file_environment_and_command_line_in_that_order(tmp_path, monkeypatch):
+    assert load_settings(tmp_path).server_url is None
+    (tmp_path / "retrieval-race.toml").write_text('server_url = "http://file/"\ngroup = "file-team"\n')
+    assert (load_settings(tmp_path).server_url, load_settings(tmp_path).group) == ("http://file/", "file-team")
+    monkeypatch.setenv("RETRIEVAL_RACE_GROUP", "env-team")
+    settings = load_settings(tmp_path)
+    assert (settings.server_url, settings.group, settings.source) == ("http://file/", "env-team", "environment")
+    settings = load_settings(tmp_path, group="cli-team", server_url=None, leaderboard="x.db")
+    assert (settings.group, settings.leaderboard, settings.source) == ("cli-team", Path("x.db"), "command line")
+
+
+def test_bad_files_and_unknown_keys_are_named(tmp_path):
+    (tmp_path / "retrieval-race.toml").write_text("server_url = ")
+    with pytest.raises(SettingsError, match="not valid TOML"):
+        load_settings(tmp_path)
+    (tmp_path / "retrieval-race.toml").write_text('sever_url = "typo"\n')
+    with pytest.raises(SettingsError, match="sever_url"):
+        load_settings(tmp_path)
