@@ -27,8 +27,8 @@ def _fail(message: str) -> Exit:
     return Exit(code=1)
 
 
-def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool, workers: int | None,
-          gallery_pattern: str | None, held_out: float, submissions: str):
+def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool | None, workers: int | None,
+          gallery_pattern: str | None, held_out: float, submissions: str, rerank: bool = True):
     from strategies import parse_strategy_specs
     from toolkit.console import console, warn
     from toolkit.dataset import LayoutError, describe, find_competition
@@ -45,7 +45,7 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool,
         warn(f"ignored {path}: {reason}")
     result = run_race(competition, specs, budget_seconds=budget_seconds, submissions_dir=Path(submissions),
                       seed=seed, held_out_fraction=held_out, gallery_pattern=gallery_pattern,
-                      flip_tta=flip, num_workers=workers)
+                      flip_tta=flip, post_process=rerank, num_workers=workers)
     console.print(race_table(result))
     best = result.best
     if best is None:
@@ -60,17 +60,22 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool,
     "strategies": "comma-separated names with optional options, e.g. face-zs,clip-zs[model=ViT-B-16,pretrained=laion2b_s34b_b88k]",
     "budget": "wall-clock budget such as 90m or 1h30m; strategies that cannot finish in the time left are skipped",
     "seed": "seed of the validation split",
-    "flip": "flip test-time augmentation (mean of the image's and its mirror's embeddings)",
+    "flip": "flip test-time augmentation: auto (validation decides), on or off",
+    "rerank": "try query expansion, DBA, k-reciprocal and dual-softmax re-ranking on validation and keep what wins "
+              "(--no-rerank: plain nearest neighbours)",
     "workers": "DataLoader worker processes for decoding (default: half the cores)",
     "gallery-pattern": "filename glob marking stylised training images (e.g. '*_s.*'): they take the gallery role in validation",
     "held-out": "fraction of training identities held out for validation",
     "submissions": "folder the submission files are written to",
 })
-def race(c, data, strategies="face-zs,cnn-zs,clip-zs", budget=None, seed=0, flip=False, workers=None,
-         gallery_pattern=None, held_out=0.2, submissions="submissions"):
+def race(c, data, strategies="face-zs,cnn-zs,clip-zs", budget=None, seed=0, flip="auto", workers=None,
+         gallery_pattern=None, held_out=0.2, submissions="submissions", rerank=True):
     """Race strategies on a competition folder; write each one's submission and show validation scores."""
-    _race(data, strategies, budget, int(seed), flip, int(workers) if workers is not None else None,
-          gallery_pattern, float(held_out), submissions)
+    flip_choices = {"auto": None, "on": True, "off": False}
+    if flip not in flip_choices:
+        raise _fail(f"--flip takes auto, on or off, not {flip!r}")
+    _race(data, strategies, budget, int(seed), flip_choices[flip], int(workers) if workers is not None else None,
+          gallery_pattern, float(held_out), submissions, rerank)
 
 
 @task(help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})
@@ -133,7 +138,7 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     if not (root / "answers.json").is_file():
         console.print(f"generating a demo competition in {root}")
         make_synthetic_competition(root)
-    result = _race(str(root), strategies, None, 0, False, None, "*_s.*", 0.3, "submissions")
+    result = _race(str(root), strategies, None, 0, None, None, "*_s.*", 0.3, "submissions")
     truth = json.loads((root / "answers.json").read_text())
     for run in result.runs:
         if run.submission:

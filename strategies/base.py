@@ -54,6 +54,7 @@ class Encoder(ABC):
     fingerprint: str
     batch_size: int = 32
     device: torch.device = torch.device("cpu")
+    flippable: bool = False          # whether flip() works, so flip TTA can be tried
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> Any:
@@ -85,6 +86,8 @@ class TorchEncoder(Encoder):
     Moves batches to the device (non-blocking, from pinned memory when the loader pins), runs under
     inference_mode, with autocast (float16) on CUDA, and L2-normalises the output.
     """
+
+    flippable = True
 
     def __init__(self, module: torch.nn.Module, transform, fingerprint: str,
                  device: torch.device | str | None = None, batch_size: int = 32):

@@ -91,6 +91,8 @@ class FaceEncoder(Encoder):
 
     batch_size = 32
 
+    flippable = True
+
     def __init__(self, predictor_path: str, recogniser_path: str, fingerprint: str,
                  upsample: int = 0, fallback: float = 0.45, fallback_dy: float = 0.0,
                  num_jitters: int = 0, batch_size: int = 32):

@@ -73,3 +73,39 @@ def test_end_to_end_race_on_the_real_mini_benchmark(tmp_path, mini_benchmark, ti
     assert test_scores["face-zs"] >= 700
     assert test_scores["face-zs"] > test_scores["clip-zs"]
     assert result.best.label == "face-zs"
+
+
+def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_them(tmp_path, synthetic_competition, tiny_clip_model):
+    from strategies import create_strategy
+    from toolkit.embed import embed_images
+    from toolkit.rerank import PostProcessing, candidate_recipes, ranked_indices
+    from toolkit.submission import build_submission
+
+    competition = find_competition(synthetic_competition)
+    spec = ("clip-zs", {"model": tiny_clip_model, "pretrained": None})
+    result = run_race(competition, [spec], submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+                      num_workers=0, show_progress=False)
+    [run] = result.runs
+    assert run.status == "finished" and run.baseline is not None
+    assert run.validation.score >= run.baseline.score
+    chosen = next(r for r in candidate_recipes() if r.describe() == run.post_processing)
+    assert isinstance(chosen, PostProcessing)
+
+    encoder = create_strategy(spec[0], **spec[1]).fit([])
+    test = embed_images(encoder, list(competition.queries) + list(competition.gallery), cache_dir=tmp_path / "cache",
+                        flip_tta=run.flip_tta, num_workers=0, show_progress=False)
+    assert test.computed == 0  # the race cached exactly these embeddings
+    count = len(competition.queries)
+    expected = build_submission(competition.queries, competition.gallery,
+                                ranked_indices(chosen, test.vectors[:count], test.vectors[count:], 10))
+    assert load_submission(run.submission) == expected
+
+
+def test_no_rerank_and_no_flip_give_plain_nearest_neighbours(tmp_path, synthetic_competition, tiny_clip_model):
+    competition = find_competition(synthetic_competition)
+    result = run_race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
+                      submissions_dir=tmp_path, cache_dir=tmp_path / "cache", num_workers=0, show_progress=False,
+                      flip_tta=False, post_process=False)
+    [run] = result.runs
+    assert (run.post_processing, run.flip_tta) == ("none", False)
+    assert run.validation == run.baseline
