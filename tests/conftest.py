@@ -13,6 +13,13 @@ BENCHMARKS = PROJECT.parent / "shared" / "benchmarks"
 TINY_CLIP = "RR-Tiny-ViT"
 
 
+@pytest.fixture(autouse=True)
+def isolated_leaderboard(tmp_path, monkeypatch):
+    """Every test (and the invoke subprocesses it starts) records into its own leaderboard file,
+    never into the project's leaderboard.db."""
+    monkeypatch.setenv("RETRIEVAL_RACE_LEADERBOARD", str(tmp_path / "leaderboard.db"))
+
+
 @pytest.fixture(scope="session")
 def synthetic_competition(tmp_path_factory) -> Path:
     return make_synthetic_competition(tmp_path_factory.mktemp("synthetic") / "competition")

@@ -43,6 +43,18 @@ def validate_submission(submission: Mapping, query_names: Sequence[str], gallery
     extra = sorted(set(submission) - set(query_names))
     if extra:
         problems.append(f"{len(extra)} entries are not queries, e.g. {extra[:3]}")
+    _check_entries(submission, expected, known_gallery, problems)
+
+
+def validate_submission_structure(submission: Mapping, k: int = RESULTS_PER_QUERY) -> None:
+    """What can be checked without the competition's file names: a non-empty object of
+    query -> exactly k unique gallery names. Raise SubmissionError listing what is wrong."""
+    if not isinstance(submission, Mapping) or not submission:
+        raise SubmissionError("invalid submission: a submission is a non-empty JSON object of query -> list")
+    _check_entries(submission, k, None, [])
+
+
+def _check_entries(submission: Mapping, expected: int, known_gallery: set[str] | None, problems: list[str]) -> None:
     for query, results in submission.items():
         if not isinstance(results, list) or not all(isinstance(name, str) for name in results):
             problems.append(f"{query}: results must be a list of file names")
@@ -50,7 +62,7 @@ def validate_submission(submission: Mapping, query_names: Sequence[str], gallery
             problems.append(f"{query}: {len(results)} results, expected {expected}")
         elif len(set(results)) != len(results):
             problems.append(f"{query}: repeated gallery names")
-        elif not set(results) <= known_gallery:
+        elif known_gallery is not None and not set(results) <= known_gallery:
             unknown = sorted(set(results) - known_gallery)
             problems.append(f"{query}: unknown gallery names {unknown[:3]}")
         if len(problems) >= 10:

@@ -1,0 +1,192 @@
+"""The server protocol over real HTTP on loopback: the reference scorer, and the client against
+servers that misbehave (500 then 200, no answer, a non-JSON answer, nobody listening)."""
+import json
+import socket
+import threading
+from contextlib import contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+import requests
+
+from toolkit.leaderboard import Leaderboard
+from toolkit.metrics import score_submission
+from toolkit.server import ReferenceScorer, ServerError, send_and_record, submit_to_server
+
+ANSWERS = {"query": {f"q{n}.jpg": f"id{n}" for n in range(3)},
+           "gallery": {f"g{n:02d}.jpg": f"id{n % 4}" for n in range(16)}}
+GALLERY = sorted(ANSWERS["gallery"])
+
+
+def _submission(shift: int = 0) -> dict:
+    """Each query's list is the gallery rotated: some hits at rank 1, some later."""
+    return {query: (GALLERY[number + shift:] + GALLERY[:number + shift])[:10]
+            for number, query in enumerate(sorted(ANSWERS["query"]))}
+
+
+@pytest.fixture
+def scorer():
+    lines = []
+    server = ReferenceScorer(ANSWERS, port=0, log=lines.append)
+    server.serve_in_background()
+    server.lines = lines
+    yield server
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.mark.parametrize("shift", [0, 3, 7])
+def test_a_good_submission_gets_the_competition_score(scorer, shift):
+    reply = submit_to_server(scorer.url, "team", _submission(shift), timeout=5)
+    assert reply.score == pytest.approx(score_submission(_submission(shift), ANSWERS).score)
+    assert reply.status == 200 and reply.tries == 1
+    assert scorer.lines[-1].endswith(f"team: {reply.score:.1f}")
+
+
+def _reply_to(scorer, **request):
+    return requests.post(scorer.url, timeout=5, **request)
+
+
+@pytest.mark.parametrize("request_kwargs, status, message", [
+    ({"data": b"this is not json"}, 400, "not JSON"),
+    ({"data": b"\xff\xfe\xfa"}, 400, "not JSON"),
+    ({"json": ["a", "list"]}, 400, "JSON object"),
+    ({"json": {"images": _submission()}}, 400, '"groupname"'),
+    ({"json": {"groupname": "", "images": _submission()}}, 400, '"groupname"'),
+    ({"json": {"groupname": "team"}}, 400, '"images"'),
+    ({"json": {"groupname": "team", "images": "q0.jpg"}}, 400, '"images"'),
+    ({"json": {"groupname": "team", "images": {**_submission(), "q0.jpg": GALLERY[:9]}}}, 422, "9 results, expected 10"),
+    ({"json": {"groupname": "team", "images": {**_submission(), "q0.jpg": GALLERY[:9] + ["nope.jpg"]}}}, 422,
+     "unknown gallery names ['nope.jpg']"),
+    ({"json": {"groupname": "team", "images": {**_submission(), "q0.jpg": [GALLERY[0]] * 10}}}, 422, "repeated"),
+    ({"json": {"groupname": "team", "images": {"q0.jpg": GALLERY[:10]}}}, 422, "2 queries missing"),
+    ({"json": {"groupname": "team", "images": {**_submission(), "zz.jpg": GALLERY[:10]}}}, 422, "not queries"),
+])
+def test_a_malformed_body_gets_a_plain_text_reason_and_a_4xx(scorer, request_kwargs, status, message):
+    response = _reply_to(scorer, **request_kwargs)
+    assert response.status_code == status and message in response.text
+    with pytest.raises(ValueError):
+        json.loads(response.text)                       # the protocol: an error is not JSON
+    assert _reply_to(scorer, json={"groupname": "team", "images": _submission()}).status_code == 200
+
+
+def test_the_client_reports_the_scorers_reason(scorer):
+    with pytest.raises(ServerError, match=r"refused the submission \(HTTP 422\).*9 results, expected 10") as caught:
+        submit_to_server(scorer.url, "team", {**_submission(), "q1.jpg": GALLERY[:9]}, timeout=5)
+    assert caught.value.status == 422 and caught.value.tries == 1     # a 4xx is not retried
+
+
+def test_other_paths_and_get(scorer):
+    assert requests.post(scorer.url.replace("/retrieval/", "/elsewhere"), json={}, timeout=5).status_code == 404
+    assert "reference scorer" in requests.get(scorer.url, timeout=5).text
+
+
+# --- servers that misbehave ------------------------------------------------------------------------
+
+
+class _Handler(BaseHTTPRequestHandler):
+    def log_message(self, *arguments):
+        pass
+
+    def _read(self):
+        self.server.hits += 1
+        return self.rfile.read(int(self.headers["Content-Length"]))
+
+    def _send(self, status, text, kind="text/plain"):
+        data = text.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
+class FailsOnce(_Handler):
+    def do_POST(self):
+        self._read()
+        if self.server.hits == 1:
+            self._send(500, "Internal Server Error")
+        else:
+            self._send(200, json.dumps({"accuracy": 512.5}), "application/json")
+
+
+class AlwaysUnavailable(_Handler):
+    def do_POST(self):
+        self._read()
+        self._send(503, "<html><h1>503 Service Unavailable</h1></html>", "text/html")
+
+
+class NeverAnswers(_Handler):
+    def do_POST(self):
+        self._read()
+        self.server.release.wait(10)
+
+
+class AnswersHtml(_Handler):
+    def do_POST(self):
+        self._read()
+        self._send(200, "<html><body>Group 'team' is not registered</body></html>", "text/html")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+@contextmanager
+def misbehaving(handler):
+    server = _Server(("127.0.0.1", 0), handler)
+    server.hits, server.release = 0, threading.Event()
+    threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True).start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/retrieval/", server
+    finally:
+        server.release.set()
+        server.shutdown()
+        server.server_close()
+
+
+def _unused_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.fixture
+def board(tmp_path):
+    with Leaderboard(tmp_path / "board.db") as leaderboard:
+        yield leaderboard
+
+
+def test_a_500_then_200_is_retried_and_scored(board):
+    run = board.add_run(name="cnn-zs", validation_score=400.0, submission_path="/s/a.json")
+    with misbehaving(FailsOnce) as (url, server):
+        attempt = send_and_record(board, run.id, url, "team", _submission(), timeout=5, retries=2, backoff=0.01)
+    assert server.hits == 2
+    assert (attempt.state, attempt.http_status, attempt.server_score, attempt.tries) == ("scored", 200, 512.5, 2)
+    assert board.summaries()[0].server_score == 512.5
+
+
+@pytest.mark.parametrize("handler, timeout, message, status, hits", [
+    (AlwaysUnavailable, 5, "answered HTTP 503 3 times: <html><h1>503 Service Unavailable", 503, 3),
+    (NeverAnswers, 0.5, "did not answer within 0.5s", None, 1),                 # a timeout is not retried
+    (AnswersHtml, 5, "the server refused the submission: <html><body>Group 'team' is not registered", 200, 1),
+])
+def test_a_failed_send_gives_a_clear_message_and_a_recorded_attempt(board, handler, timeout, message, status, hits):
+    run = board.add_run(name="cnn-zs", validation_score=400.0, submission_path="/s/a.json")
+    with misbehaving(handler) as (url, server):
+        with pytest.raises(ServerError) as caught:
+            send_and_record(board, run.id, url, "team", _submission(), timeout=timeout, retries=2, backoff=0.01)
+    assert message in str(caught.value) and server.hits == hits
+    [attempt] = board.submissions([run.id])
+    assert attempt.id == caught.value.submission_id
+    assert (attempt.state, attempt.http_status, attempt.url, attempt.group_name) == ("failed", status, url, "team")
+    assert message in attempt.error and attempt.tries == hits and attempt.ended_at is not None
+
+
+def test_nobody_listening_is_retried_then_reported_and_recorded(board):
+    run = board.add_run(name="cnn-zs", submission_path="/s/a.json")
+    url = f"http://127.0.0.1:{_unused_port()}/retrieval/"
+    with pytest.raises(ServerError, match="cannot reach .* after 3 tries .*university network"):
+        send_and_record(board, run.id, url, "team", _submission(), timeout=2, retries=2, backoff=0.01)
+    [attempt] = board.submissions([run.id])
+    assert attempt.state == "failed" and attempt.tries == 3 and "cannot reach" in attempt.error
