@@ -124,6 +124,26 @@ def hugging_face_cache_dir() -> str:
     return str(constants.HF_HUB_CACHE)
 
 
+def host_reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether the host of *url* accepts a TCP connection within *timeout* seconds.
+
+    A quick probe before a weights download, so that an offline machine fails in seconds instead
+    of after a library's minute of retries. Assumed true behind a proxy (the proxy decides).
+    """
+    import os
+    import socket
+    from urllib.parse import urlparse
+
+    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
+        return True
+    parsed = urlparse(url)
+    try:
+        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=timeout):
+            return True
+    except OSError:
+        return False
+
+
 def default_device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 

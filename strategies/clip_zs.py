@@ -13,12 +13,13 @@ from __future__ import annotations
 import os
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlparse
 
 import torch
 
 from strategies import register
 from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
-                             hugging_face_cache_dir)
+                             host_reachable, hugging_face_cache_dir)
 
 DEFAULT_MODEL = "ViT-B-32"
 DEFAULT_PRETRAINED = "openai"
@@ -56,6 +57,21 @@ def cached_weights_path(model: str, pretrained: str) -> tuple[str | None, str]:
     return (target if os.path.isfile(target) else None), _clip_url_cache_dir()
 
 
+def weights_host(model: str, pretrained: str) -> str:
+    """The URL whose host serves these weights (the Hugging Face endpoint or open_clip's URL)."""
+    from open_clip.pretrained import get_pretrained_cfg
+
+    config = get_pretrained_cfg(model, pretrained) or {}
+    if config.get("hf_hub") or not config.get("url"):
+        from huggingface_hub import constants
+        return constants.ENDPOINT
+    return config["url"]
+
+
+def _offline_requested() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+
+
 @register
 class ClipZeroShot(Strategy):
     name = "clip-zs"
@@ -86,6 +102,15 @@ class ClipZeroShot(Strategy):
         import open_clip
 
         torch.manual_seed(self.seed)  # fixes random initialisation; pretrained weights overwrite it
+        if self.pretrained and not Path(self.pretrained).expanduser().is_file():
+            cached, where = cached_weights_path(self.model_name, self.pretrained)
+            host = weights_host(self.model_name, self.pretrained)
+            if cached is None and (_offline_requested() or not host_reachable(host)):
+                # fail in seconds, not after huggingface_hub's minute of retries
+                raise WeightsUnavailable(
+                    f"clip-zs: cannot load open_clip {self.model_name} / {self.pretrained}: weights not in "
+                    f"{where} and the download failed ({urlparse(host).hostname} unreachable); connect once "
+                    "(or `invoke prefetch`) or choose an offline strategy")
         try:
             model, _, preprocess = open_clip.create_model_and_transforms(self.model_name, pretrained=self.pretrained)
         except WeightsUnavailable:

@@ -37,7 +37,7 @@ from torch import nn
 
 from strategies import register
 from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
-                             hugging_face_cache_dir)
+                             host_reachable, hugging_face_cache_dir)
 from toolkit import efficientnet_lite
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
@@ -268,14 +268,7 @@ def _file_identity(path: str | os.PathLike | None) -> str:
 
 def _reachable(url: str) -> bool:
     """Whether the weights host answers a TCP connect quickly (skipped behind a proxy)."""
-    if any(os.environ.get(key) for key in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy")):
-        return True
-    parsed = urlparse(url)
-    try:
-        with socket.create_connection((parsed.hostname, parsed.port or 443), timeout=PROBE_TIMEOUT_S):
-            return True
-    except OSError:
-        return False
+    return host_reachable(url, timeout=PROBE_TIMEOUT_S)
 
 
 @contextlib.contextmanager
