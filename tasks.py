@@ -3,7 +3,13 @@
     invoke demo                                    # offline end-to-end run on generated data
     invoke race --data PATH [--strategies a,b] [--budget 30m]
     invoke score SUBMISSION --answers answers.json
+    invoke leaderboard [--race ID] [--all]         # every run: validation score beside server score
+    invoke submit [--file FILE | --best | --run ID] [--group G] [--url U] [--dry-run]
+    invoke serve-scorer --answers answers.json     # a local server speaking the course's protocol
     invoke strategies
+    invoke download URL [--to data/NAME] [--sha256 HEX]   # resumable; safe unpacking
+    invoke prefetch [--strategies a,b]             # weights into the caches, for a race offline
+    invoke doctor [--data data]                    # what this machine can do
     invoke test
 """
 from __future__ import annotations
@@ -13,6 +19,7 @@ import sys
 from pathlib import Path
 
 from invoke import Exit, task
+from rich.markup import escape
 
 from toolkit.cpu_memory import keep_freed_memory_for_reuse
 
@@ -28,7 +35,8 @@ def _fail(message: str) -> Exit:
 
 
 def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool | None, workers: int | None,
-          gallery_pattern: str | None, held_out: float, submissions: str, rerank: bool = True):
+          gallery_pattern: str | None, held_out: float, submissions: str, rerank: bool = True,
+          leaderboard: str | None = None):
     from strategies import parse_strategy_specs
     from toolkit.console import console, warn
     from toolkit.dataset import LayoutError, describe, find_competition
@@ -45,12 +53,16 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
         warn(f"ignored {path}: {reason}")
     result = run_race(competition, specs, budget_seconds=budget_seconds, submissions_dir=Path(submissions),
                       seed=seed, held_out_fraction=held_out, gallery_pattern=gallery_pattern,
-                      flip_tta=flip, post_process=rerank, num_workers=workers)
+                      flip_tta=flip, post_process=rerank, num_workers=workers,
+                      leaderboard=_leaderboard_file(leaderboard))
     console.print(race_table(result))
+    if result.race_id is not None:
+        console.print(f"recorded as race {result.race_id} in {_leaderboard_file(leaderboard)} "
+                      "(invoke leaderboard; invoke submit --best)")
     best = result.best
     if best is None:
         raise _fail("no strategy finished; see the reasons above")
-    console.print(f"best by validation: [bold green]{best.label}[/bold green] "
+    console.print(f"best by validation: [bold green]{escape(best.label)}[/bold green] "
                   f"({best.validation.score:.1f}) -> {best.submission}")
     return result
 
@@ -67,15 +79,16 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
     "gallery-pattern": "filename glob marking stylised training images (e.g. '*_s.*'): they take the gallery role in validation",
     "held-out": "fraction of training identities held out for validation",
     "submissions": "folder the submission files are written to",
+    "leaderboard": "leaderboard file the race is recorded in (default: the setting `leaderboard`, leaderboard.db)",
 })
 def race(c, data, strategies="face-zs,cnn-zs,clip-zs", budget=None, seed=0, flip="auto", workers=None,
-         gallery_pattern=None, held_out=0.2, submissions="submissions", rerank=True):
+         gallery_pattern=None, held_out=0.2, submissions="submissions", rerank=True, leaderboard=None):
     """Race strategies on a competition folder; write each one's submission and show validation scores."""
     flip_choices = {"auto": None, "on": True, "off": False}
     if flip not in flip_choices:
         raise _fail(f"--flip takes auto, on or off, not {flip!r}")
     _race(data, strategies, budget, int(seed), flip_choices[flip], int(workers) if workers is not None else None,
-          gallery_pattern, float(held_out), submissions, rerank)
+          gallery_pattern, float(held_out), submissions, rerank, leaderboard)
 
 
 @task(help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})
@@ -143,7 +156,79 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     for run in result.runs:
         if run.submission:
             test_score = score_submission(load_submission(run.submission), truth)
-            console.print(f"{run.label}: test score {test_score.score:.1f} (validation {run.validation.score:.1f})")
+            console.print(f"{escape(run.label)}: test score {test_score.score:.1f} (validation {run.validation.score:.1f})")
+
+
+# --- getting ready: data, weights, the machine ----------------------------------------------------
+
+
+@task(help={
+    "url": "the archive's link: http(s), or a Google Drive share link (https://drive.google.com/file/d/<id>/view)",
+    "to": "folder to unpack into (default: data/<name>, the name taken from the link or the server)",
+    "sha256": "expected SHA-256 of the archive: a mismatch is an error and the file is not used",
+})
+def download(c, url, to=None, sha256=None):
+    """Download a competition archive (resumable), check it and unpack it safely; a finished one is not repeated."""
+
+    from toolkit.console import console, warn
+    from toolkit.dataset import describe
+    from toolkit.download import DownloadError, download as download_archive
+
+    try:
+        result = download_archive(url, to=to, sha256=sha256)
+    except DownloadError as error:
+        raise _fail(str(error)) from None
+    except KeyboardInterrupt:
+        raise _fail("interrupted; run the same command again to resume") from None
+    for line in result.skipped[:10]:
+        warn(f"skipped {escape(line)}")
+    if len(result.skipped) > 10:
+        warn(f"... and {len(result.skipped) - 10} more archive members skipped")
+    if result.already:
+        console.print(f"{escape(str(result.folder))} already downloaded (SHA-256 {result.sha256[:16]}…); nothing to do")
+    if result.competition is None:
+        warn(f"{escape(str(result.folder))}: {escape(result.layout_problem or '')} (the data is kept; pass the folder "
+             "that holds training/ and test/ to --data)")
+        return
+    console.print(f"[bold]{escape(str(result.competition.root))}[/bold]: {describe(result.competition)}")
+    console.print(f"next: invoke race --data {escape(str(result.competition.root))}")
+
+
+@task(help={"strategies": "strategies whose weights to fetch, as for race, e.g. "
+                          "clip-zs[model=ViT-B-16,pretrained=laion2b_s34b_b88k],cnn-zs[backbone=resnet50]"})
+def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
+    """Download the weights the named strategies need into the usual caches, so the race runs offline."""
+
+    from strategies import parse_strategy_specs
+    from toolkit.console import console
+    from toolkit.prefetch import prefetch_weights
+
+    try:
+        specs = parse_strategy_specs(strategies)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    failed = 0
+    for result in prefetch_weights(specs, announce=lambda label: console.print(f"{escape(label)}: downloading weights…")):
+        colour = "red" if not result.ok else "green"
+        console.print(f"[{colour}]{escape(result.line())}[/{colour}]", soft_wrap=True)
+        failed += not result.ok
+    if failed:
+        raise _fail(f"{failed} of {len(specs)} strategies have no weights offline; connect and run prefetch again")
+
+
+@task(help={"data": "data folder to describe (each competition in it; default data/)",
+            "strategies": "strategies to check (default: every strategy, plus common open_clip pairs)"})
+def doctor(c, data="data", strategies=None):
+    """What this machine can do: Python/torch, GPU, CPU/RAM, weights on disk, free disk, data, server."""
+    from strategies import parse_strategy_specs
+    from toolkit.console import console
+    from toolkit.doctor import doctor_table, run_doctor
+
+    try:
+        specs = parse_strategy_specs(strategies) if strategies else None
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    console.print(doctor_table(run_doctor(data, specs, project=PROJECT)))
 
 
 @task(help={"k": "only tests matching this expression (pytest -k)"})
@@ -151,3 +236,194 @@ def test(c, k=None):
     """Run the test suite."""
     command = f"{sys.executable} -m pytest -q" + (f" -k {k!r}" if k else "")
     c.run(command, pty=False)
+
+
+# --- leaderboard, submitting, the reference scorer ------------------------------------------------
+
+
+def _settings(**overrides):
+    from toolkit.settings import SettingsError, load_settings
+    try:
+        return load_settings(PROJECT, **overrides)
+    except SettingsError as error:
+        raise _fail(str(error)) from None
+
+
+def _leaderboard_file(option: str | None) -> Path:
+    """--leaderboard PATH as given; else the settings' file (a relative one is in the project folder)."""
+    if option:
+        return Path(option)
+    path = _settings().leaderboard
+    return path if path.is_absolute() else PROJECT / path
+
+
+def _open_leaderboard(option: str | None):
+    from toolkit.leaderboard import Leaderboard, LeaderboardError
+    try:
+        return Leaderboard(_leaderboard_file(option))
+    except LeaderboardError as error:
+        raise _fail(str(error)) from None
+
+
+def _number(text: str | None, option: str) -> int | None:
+    try:
+        return None if text is None else int(text)
+    except ValueError:
+        raise _fail(f"{option} takes an id (a number from invoke leaderboard), not {text!r}") from None
+
+
+LEADERBOARD_HELP = "leaderboard file (default: the setting `leaderboard`, leaderboard.db in the project folder)"
+
+
+@task(help={"race": "show this race (default: the latest)",
+            "all": "every run of every race, and the files submitted by hand",
+            "leaderboard": LEADERBOARD_HELP})
+def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all)
+    """Runs best first: validation score beside the server's score, timings, submission files."""
+    from toolkit.console import console
+    from toolkit.leaderboard import leaderboard_table, race_title
+
+    race_id = _number(race, "--race")
+    with _open_leaderboard(leaderboard) as board:
+        chosen = None if all else (board.race(race_id) if race_id is not None else board.latest_race())
+        if race_id is not None and chosen is None and not all:
+            raise _fail(f"no race {race_id} in {board.path}; invoke leaderboard --all lists every run")
+        summaries = board.summaries(chosen.id if chosen else None)
+        if not summaries:
+            console.print(f"{board.path}: no runs yet; invoke race records them")
+            return
+        console.print(leaderboard_table(summaries, race_title(chosen) if chosen else f"all runs in {board.path}"))
+        hidden = len(board.runs()) - len(summaries)
+        if hidden:
+            console.print(f"{hidden} more runs (other races, files submitted by hand): invoke leaderboard --all")
+
+
+def _submission_source(board, file: str | None, best: bool, run_id: int | None):
+    """(run or None, file) of what `invoke submit` was asked to send."""
+
+    if file is not None:
+        path = Path(file)
+        if not path.is_file():
+            raise _fail(f"{escape(file)}: no such submission file")
+        return board.run_for_file(path), path
+    if best:
+        record = board.best_run()
+        if record is None:
+            raise _fail(f"no finished run with a submission in the latest race of {board.path}; "
+                        "run invoke race first, or pass --file FILE")
+    else:
+        record = board.run(run_id)
+        if record is None:
+            raise _fail(f"no run {run_id} in {board.path}; invoke leaderboard --all lists the runs")
+    if not record.submission_path:
+        reason = f": {record.reason}" if record.reason else ""
+        raise _fail(f"run {record.id} ({escape(record.name)}) has no submission file; it {record.status}{escape(reason)}")
+    path = Path(record.submission_path)
+    if not path.is_file():
+        raise _fail(f"run {record.id}'s submission file {escape(str(path))} is gone")
+    return record, path
+
+
+def _check_submission(board, record, submission: dict) -> str:
+    """Validate against the competition's file names when the run's race data is here, else the
+    structure only; say which."""
+    from toolkit.dataset import LayoutError, find_competition
+    from toolkit.submission import validate_submission, validate_submission_structure
+
+    race = board.race(record.race_id) if record is not None and record.race_id is not None else None
+    if race is not None and race.data_path and Path(race.data_path).is_dir():
+        try:
+            data = find_competition(race.data_path)
+        except LayoutError:
+            data = None
+        if data is not None:
+            validate_submission(submission, [path.name for path in data.queries], [path.name for path in data.gallery])
+            return f"checked against the queries and gallery of {data.root}"
+    validate_submission_structure(submission)
+    return "structure checked; the competition's file names are not known here"
+
+
+@task(help={
+    "file": "submission JSON to send (an option: invoke's positional arguments are always required); a file no race wrote is recorded as a run of its own (no race, status manual)",
+    "best": "send the best run by validation score of the latest race",
+    "run": "send this run's submission (again): its id from invoke leaderboard",
+    "group": "team name (default: the setting `group`)",
+    "url": "server URL, e.g. http://tatooine.disi.unitn.it:3001/retrieval/ (default: the setting `server_url`)",
+    "dry-run": "check the submission and the settings; send and record nothing",
+    "timeout": "seconds to wait for the server's answer",
+    "retries": "extra tries after a connection error or an HTTP 5xx, waiting 1, 2, 4 ... s",
+    "leaderboard": LEADERBOARD_HELP,
+})
+def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=False, timeout=30.0, retries=3,
+           leaderboard=None):
+    """Send a submission to the competition server; the attempt and the server's score are recorded beside the run."""
+
+    from toolkit.console import console
+    from toolkit.server import ServerError, send_and_record
+    from toolkit.submission import SubmissionError, load_submission
+
+    run_id = _number(run, "--run")
+    if (file is not None) + bool(best) + (run_id is not None) != 1:
+        raise _fail("say what to send: --file FILE, --best (the best run of the latest race) or --run ID")
+    settings = _settings(server_url=url, group=group)
+    with _open_leaderboard(leaderboard) as board:
+        record, path = _submission_source(board, file, best, run_id)
+        try:
+            submission = load_submission(path)
+            how = _check_submission(board, record, submission)
+        except SubmissionError as error:
+            raise _fail(escape(str(error))) from None
+        if not settings.server_url:
+            raise _fail("no server URL: pass --url URL, set RETRIEVAL_RACE_URL, or write "
+                        'server_url = "http://<host>:3001/retrieval/" in retrieval-race.toml')
+        if not settings.group:
+            raise _fail('no group name: pass --group NAME, set RETRIEVAL_RACE_GROUP, or write group = "<team>" '
+                        "in retrieval-race.toml")
+        name = f"run {record.id} ({escape(record.name)})" if record else escape(path.name)
+        console.print(f"{name}: {len(submission)} queries, valid ({escape(how)})", soft_wrap=True)
+        if dry_run:
+            console.print(f"dry run: would send {escape(str(path))} to {escape(settings.server_url)} as "
+                          f"{escape(settings.group)}; nothing sent or recorded", soft_wrap=True)
+            return
+        if record is None:
+            record = board.add_manual_run(path)
+            console.print(f"recorded {escape(path.name)} as run {record.id} (submitted by hand, no race)")
+        console.print(f"sending run {record.id} to {escape(settings.server_url)} as {escape(settings.group)} ...",
+                      soft_wrap=True)
+        try:
+            attempt = send_and_record(board, record.id, settings.server_url, settings.group, submission,
+                                      timeout=float(timeout), retries=int(retries))
+        except ServerError as error:
+            raise _fail(f"{escape(str(error))} (recorded as attempt {error.submission_id} of run {record.id}; "
+                        f"send it again with: invoke submit --run {record.id})") from None
+        validation = f", validation {record.validation_score:.1f}" if record.validation_score is not None else ""
+        console.print(f"server score [bold green]{attempt.server_score:.1f}[/bold green] for run {record.id} "
+                      f"({escape(record.name)}{validation}); invoke leaderboard shows them side by side", soft_wrap=True)
+
+
+@task(help={"answers": 'answers JSON: {"query": {file: identity}, "gallery": {file: identity}}',
+            "port": "port to listen on (0: any free port)",
+            "host": "address to listen on (0.0.0.0 makes it reachable from other machines)"})
+def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
+    """A local reference scorer: the course server's protocol, scored with the competition formula."""
+
+    from toolkit.console import console
+    from toolkit.metrics import AnswersError
+    from toolkit.server import ReferenceScorer, load_answers
+
+    try:
+        truth = load_answers(answers)
+        scorer = ReferenceScorer(truth, host=host, port=int(port),
+                                 log=lambda line: console.print(escape(line), soft_wrap=True))
+    except AnswersError as error:
+        raise _fail(escape(str(error))) from None
+    except OSError as error:
+        raise _fail(f"cannot listen on {host}:{port} ({error.strerror or error})") from None
+    console.print(f"reference scorer on {scorer.url}: {len(truth['query'])} queries, "
+                  f"{len(truth['gallery'])} gallery images; Ctrl-C stops it", soft_wrap=True)
+    try:
+        scorer.serve_forever()
+    except KeyboardInterrupt:
+        console.print("stopped")
+    finally:
+        scorer.server_close()

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from rich.markup import escape
 from rich.table import Table
 
 from strategies import create_strategy
@@ -174,10 +175,10 @@ def run_race(data: CompetitionData, specs: Sequence[tuple[str, dict[str, Any]]],
             if estimate > left:
                 run.status = "skipped"
                 run.reason = f"estimated {estimate:.0f}s, {max(left, 0):.0f}s left"
-                console.print(f"[yellow]skipped[/yellow] {run.label}: {run.reason}")
+                console.print(f"[yellow]skipped[/yellow] {escape(run.label)}: {escape(run.reason)}")
                 recorder.run_ended(run)
                 continue
-        console.rule(run.label)
+        console.rule(escape(run.label))
         try:
             fit_started = time.monotonic()
             encoder = strategy.fit(split.fit, deadline)
@@ -186,10 +187,10 @@ def run_race(data: CompetitionData, specs: Sequence[tuple[str, dict[str, Any]]],
             run.status = "finished"
         except WeightsUnavailable as error:
             run.status, run.reason = "failed", str(error)
-            console.print(f"[red]failed[/red] {error}", soft_wrap=True)
+            console.print(f"[red]failed[/red] {escape(str(error))}", soft_wrap=True)
         except Exception as error:  # one strategy's crash must not end the race
             run.status, run.reason = "failed", f"{type(error).__name__}: {error}"
-            console.print(f"[red]failed[/red] {run.label}: {run.reason}", soft_wrap=True)
+            console.print(f"[red]failed[/red] {escape(run.label)}: {escape(run.reason)}", soft_wrap=True)
             console.print(traceback.format_exc(), style="dim", soft_wrap=True)
         recorder.run_ended(run)
     seconds = time.monotonic() - started
@@ -219,5 +220,6 @@ def race_table(result: RaceResult) -> Table:
         if run.notes:
             detail += f" ({'; '.join(run.notes)})"
         style = "bold green" if run is best else ("red" if run.status == "failed" else None)
-        table.add_row(run.label, run.status, *cells, f"{run.fit_seconds:.1f}", f"{run.embed_seconds:.1f}", detail, style=style)
+        table.add_row(escape(run.label), run.status, *map(escape, cells), f"{run.fit_seconds:.1f}", f"{run.embed_seconds:.1f}",
+                      escape(detail), style=style)
     return table
