@@ -109,3 +109,19 @@ def test_no_rerank_and_no_flip_give_plain_nearest_neighbours(tmp_path, synthetic
     [run] = result.runs
     assert (run.post_processing, run.flip_tta) == ("none", False)
     assert run.validation == run.baseline
+
+
+def test_the_chosen_post_processing_is_recorded_with_the_run(tmp_path, synthetic_competition, tiny_clip_model):
+    from toolkit.leaderboard import Leaderboard, leaderboard_table
+
+    competition = find_competition(synthetic_competition)
+    result = run_race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
+                      submissions_dir=tmp_path, cache_dir=tmp_path / "cache", num_workers=0, show_progress=False,
+                      leaderboard=tmp_path / "board.db")
+    [run] = result.runs
+    with Leaderboard(tmp_path / "board.db") as board:
+        [row] = board.runs()
+        assert (row.post_processing, row.flip_tta) == (run.post_processing, run.flip_tta)
+        assert row.plain_score == pytest.approx(run.baseline.score)
+        assert row.validation_score == pytest.approx(run.validation.score)
+        assert leaderboard_table(board.summaries(result.race_id), "race").row_count == 1

@@ -40,7 +40,7 @@ from sqlalchemy import event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2   # 2: run.flip_tta, run.post_processing, run.plain_score
 BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("finished", "skipped", "failed", "timed-out", "manual")
 SUBMISSION_STATES = ("sending", "scored", "failed")
@@ -93,6 +93,9 @@ class Run(SQLModel, table=True):
     validation_top10: float | None = None
     validation_map_at_10: float | None = None
     validation_queries: int | None = None
+    plain_score: float | None = None           # validation without flip TTA or post-processing
+    flip_tta: bool | None = None               # flip test-time augmentation, as validation chose
+    post_processing: str | None = None         # re-ranking recipe validation chose (toolkit.rerank)
     submission_path: str | None = None
     ended_at: datetime | None = Field(default_factory=_now)
 
@@ -325,6 +328,9 @@ class RaceRecorder:
                 validation_top5=score.top5 if score else None, validation_top10=score.top10 if score else None,
                 validation_map_at_10=score.map_at_10 if score else None,
                 validation_queries=score.queries if score else None,
+                plain_score=run.baseline.score if getattr(run, "baseline", None) else None,
+                flip_tta=getattr(run, "flip_tta", None) if score else None,
+                post_processing=getattr(run, "post_processing", None) if score else None,
                 submission_path=str(Path(run.submission).resolve()) if run.submission else None)
             run.run_id = record.id
         except (LeaderboardError, SQLAlchemyError, OSError) as error:
@@ -416,12 +422,7 @@ def _git_commit() -> str | None:
 
 
 def _notes(run: Any) -> str | None:
-    notes = list(run.notes)
-    if getattr(run, "flip_tta", False):
-        notes.append("flip TTA")
-    if getattr(run, "post_processing", "none") not in ("none", None):
-        notes.append(f"post-processing: {run.post_processing}")
-    return "; ".join(notes) or None
+    return "; ".join(run.notes) or None
 
 
 def _json(value: Any) -> str:
@@ -470,13 +471,16 @@ def _create_or_upgrade(engine: Any) -> int:
 def leaderboard_table(summaries: Sequence[RunSummary], title: str) -> Table:
     """Runs best first, validation score beside server score (does local validation predict it?)."""
     table = Table(title=escape(title))
-    for column in ("run", "race", "strategy", "status", "val score", "server", "Top1", "Top5", "Top10", "mAP@10",
-                   "fit s", "embed s", "sends", "submission / reason"):
-        table.add_column(column, justify="left" if column in ("strategy", "status", "submission / reason") else "right")
+    left = ("strategy", "status", "post-processing", "submission / reason")
+    for column in ("run", "race", "strategy", "status", "val score", "server", "plain", "post-processing", "Top1",
+                   "Top5", "Top10", "mAP@10", "fit s", "embed s", "sends", "submission / reason"):
+        table.add_column(column, justify="left" if column in left else "right", no_wrap=column == "strategy",
+                         overflow="fold" if column == "submission / reason" else "ellipsis")
     best_validation = max((s.run.validation_score for s in summaries if s.run.validation_score is not None), default=None)
     for summary in summaries:
         run = summary.run
-        validation = [_number(run.validation_score, 1), _server_cell(summary), _number(run.validation_top1, 3),
+        validation = [_number(run.validation_score, 1), _server_cell(summary), _number(run.plain_score, 1),
+                      escape(post_processing_text(run)), _number(run.validation_top1, 3),
                       _number(run.validation_top5, 3), _number(run.validation_top10, 3),
                       _number(run.validation_map_at_10, 3)]
         detail = Path(run.submission_path).name if run.submission_path else _shorten(run.reason or "", 100)
@@ -489,6 +493,14 @@ def leaderboard_table(summaries: Sequence[RunSummary], title: str) -> Table:
                       *validation, _number(run.fit_seconds, 1), _number(run.embed_seconds, 1),
                       str(summary.attempts), escape(detail), style=style)
     return table
+
+
+def post_processing_text(run: Run) -> str:
+    """'flip + dual-softmax(temperature=0.1)', 'none', or '-' when unknown (older rows)."""
+    if run.flip_tta is None and run.post_processing is None:
+        return "-"
+    parts = (["flip"] if run.flip_tta else []) + ([run.post_processing] if run.post_processing not in (None, "none") else [])
+    return " + ".join(parts) or "none"
 
 
 def race_title(race: Race) -> str:

@@ -209,7 +209,8 @@ def race_table(result: RaceResult) -> Table:
     left = ("strategy", "status", "post-processing", "submission / reason")
     for column in ("strategy", "status", "score", "plain", "Top1", "Top5", "Top10", "mAP@10", "post-processing",
                    "fit s", "embed s", "submission / reason"):
-        table.add_column(column, justify="left" if column in left else "right")
+        table.add_column(column, justify="left" if column in left else "right", no_wrap=column == "strategy",
+                         overflow="fold" if column == "submission / reason" else "ellipsis")
     ordered = sorted(result.runs, key=lambda run: -(run.validation.score if run.validation else -1))
     for run in ordered:
         score = run.validation
