@@ -298,51 +298,6 @@ def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all
             console.print(f"{hidden} more runs (other races, files submitted by hand): invoke leaderboard --all")
 
 
-def _submission_source(board, file: str | None, best: bool, run_id: int | None):
-    """(run or None, file) of what `invoke submit` was asked to send."""
-
-    if file is not None:
-        path = Path(file)
-        if not path.is_file():
-            raise _fail(f"{escape(file)}: no such submission file")
-        return board.run_for_file(path), path
-    if best:
-        record = board.best_run()
-        if record is None:
-            raise _fail(f"no finished run with a submission in the latest race of {board.path}; "
-                        "run invoke race first, or pass --file FILE")
-    else:
-        record = board.run(run_id)
-        if record is None:
-            raise _fail(f"no run {run_id} in {board.path}; invoke leaderboard --all lists the runs")
-    if not record.submission_path:
-        reason = f": {record.reason}" if record.reason else ""
-        raise _fail(f"run {record.id} ({escape(record.name)}) has no submission file; it {record.status}{escape(reason)}")
-    path = Path(record.submission_path)
-    if not path.is_file():
-        raise _fail(f"run {record.id}'s submission file {escape(str(path))} is gone")
-    return record, path
-
-
-def _check_submission(board, record, submission: dict) -> str:
-    """Validate against the competition's file names when the run's race data is here, else the
-    structure only; say which."""
-    from toolkit.dataset import LayoutError, find_competition
-    from toolkit.submission import validate_submission, validate_submission_structure
-
-    race = board.race(record.race_id) if record is not None and record.race_id is not None else None
-    if race is not None and race.data_path and Path(race.data_path).is_dir():
-        try:
-            data = find_competition(race.data_path)
-        except LayoutError:
-            data = None
-        if data is not None:
-            validate_submission(submission, [path.name for path in data.queries], [path.name for path in data.gallery])
-            return f"checked against the queries and gallery of {data.root}"
-    validate_submission_structure(submission)
-    return "structure checked; the competition's file names are not known here"
-
-
 @task(help={
     "file": "submission JSON to send (an option: invoke's positional arguments are always required); a file no race wrote is recorded as a run of its own (no race, status manual)",
     "best": "send the best run by validation score of the latest race",
@@ -359,6 +314,7 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
     """Send a submission to the competition server; the attempt and the server's score are recorded beside the run."""
 
     from toolkit.console import console
+    from toolkit.sending import NothingToSend, check_before_sending, submission_source
     from toolkit.server import ServerError, send_and_record
     from toolkit.submission import SubmissionError, load_submission
 
@@ -367,11 +323,11 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
         raise _fail("say what to send: --file FILE, --best (the best run of the latest race) or --run ID")
     settings = _settings(server_url=url, group=group)
     with _open_leaderboard(leaderboard) as board:
-        record, path = _submission_source(board, file, best, run_id)
         try:
+            record, path = submission_source(board, file, best, run_id)
             submission = load_submission(path)
-            how = _check_submission(board, record, submission)
-        except SubmissionError as error:
+            how = check_before_sending(board, record, submission)
+        except (NothingToSend, SubmissionError) as error:
             raise _fail(escape(str(error))) from None
         if not settings.server_url:
             raise _fail("no server URL: pass --url URL, set RETRIEVAL_RACE_URL, or write "
