@@ -174,10 +174,19 @@ class Strategy(ABC):
     def weights_status(self) -> WeightsStatus:
         """Whether the weights this strategy needs are on disk now (no download attempted)."""
 
+    # Set by the race before estimate()/fit(): the embed_images options it uses (cache_dir,
+    # num_workers, show_progress), so a strategy that embeds images itself shares the cache.
+    embed_options: dict = {}
+
     def estimate_seconds(self, n_images: int) -> float:
-        """Rough wall-clock cost of fitting plus embedding n_images on this machine."""
+        """Rough wall-clock cost of embedding n_images on this machine, from nominal speed."""
         speed = self.images_per_second_cpu * (8.0 if torch.cuda.is_available() else 1.0)
         return n_images / speed
+
+    def estimate(self, training: Sequence, n_images: int) -> float:
+        """Seconds to fit on `training` and embed n_images. Zero-shot: embedding only. Trained
+        strategies override this with a short probe (seconds per step x planned steps)."""
+        return self.estimate_seconds(n_images)
 
     @abstractmethod
     def fit(self, training: Sequence, deadline: float | None = None) -> Encoder:
