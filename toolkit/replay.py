@@ -1,0 +1,255 @@
+"""A run's rankings re-created from the leaderboard, or a submission file's rankings read back.
+
+A run row names its strategy and options; its race row names the data folder and the validation
+split's seed, held-out fraction and gallery pattern. From these the strategy is created again
+(`create_strategy`), the images are embedded with the run's flip setting (from the embedding
+cache, so nothing is re-computed when the race ran here with the same cache), the run's
+post-processing recipe is applied again, and the rankings are exactly the race's:
+
+- on the validation split the labels are known, so each result is a hit or a miss, and each
+  query's first hit is ranked over the whole validation gallery (to find the worst queries);
+- on the test set the ranking is the submission's, with the cosine similarity of each result.
+
+A submission file that no race wrote gives the test ranking only, read from the file: ranks, no
+similarities. So does a run that cannot be created again by name (an ensemble of other runs; a
+strategy that trains, whose weights the race does not keep): its own submission file is read.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from strategies import create_strategy, strategy_class
+from strategies.base import WeightsUnavailable
+from toolkit.console import warn
+from toolkit.dataset import CompetitionData, LayoutError, find_competition
+from toolkit.embed import embed_images
+from toolkit.leaderboard import Leaderboard, Run, data_fingerprint
+from toolkit.metrics import first_hit_ranks
+from toolkit.race import readable_validation
+from toolkit.rerank import PostProcessing, candidate_recipes, ranked_indices, recipe
+from toolkit.split import ValidationSplit, make_validation_split
+from toolkit.submission import RESULTS_PER_QUERY, SubmissionError, load_submission
+
+SPLITS = ("validation", "test")
+
+
+class ReplayError(RuntimeError):
+    """A run or a submission file whose rankings cannot be re-created here (the message says why)."""
+
+
+@dataclass
+class Rankings:
+    """What a run (or a submission file) returned for each query of one split."""
+    title: str                               # e.g. "run 3: face-zs (flip + alpha-qe(alpha=3.0, n=1))"
+    split: str                               # "validation" or "test"
+    query_paths: list[Path]
+    gallery_paths: list[Path]
+    indices: np.ndarray                      # (queries, <= 10) gallery rows, best first
+    similarities: np.ndarray | None = None   # cosine similarity of each result; None for a bare file
+    query_labels: list[str] | None = None    # validation only
+    gallery_labels: list[str] | None = None
+    first_hit: np.ndarray | None = None      # 1-based rank of the first hit over the whole gallery; 0: none
+    margin: np.ndarray | None = None         # best same-identity cosine minus best other-identity cosine
+
+    @property
+    def labelled(self) -> bool:
+        return self.query_labels is not None and self.gallery_labels is not None
+
+    def is_hit(self, query: int, position: int) -> bool | None:
+        """Whether the result at `position` shows the query's identity; None without labels."""
+        if not self.labelled:
+            return None
+        return self.gallery_labels[self.indices[query, position]] == self.query_labels[query]
+
+
+def replay_run(board: Leaderboard, run: Run | int, splits: Sequence[str] = ("validation",),
+               data: str | Path | None = None, cache_dir: Path | None = None, num_workers: int | None = None,
+               show_progress: bool = False) -> dict[str, Rankings]:
+    """The run's rankings on each of `splits`, as its race computed them. `data` replaces the
+    race's data folder (e.g. when the race ran on another machine)."""
+    record = board.run(run) if isinstance(run, int) else run
+    if record is None:
+        raise ReplayError(f"no run {run} in {board.path}; invoke leaderboard --all lists the runs")
+    unknown = sorted(set(splits) - set(SPLITS))
+    if unknown:
+        raise ReplayError(f"unknown split {unknown[0]!r}; splits: {', '.join(SPLITS)}")
+    if record.race_id is None or not record.strategy:
+        raise ReplayError(f"run {record.id} ({record.name}) was not written by a race, so it cannot be re-created; "
+                          f"show its file with --submission {record.submission_path or 'FILE'} --data PATH")
+    if record.status != "finished":
+        raise ReplayError(f"run {record.id} ({record.name}) {record.status}"
+                          f"{': ' + record.reason if record.reason else ''}; only finished runs have rankings")
+    race = board.race(record.race_id)
+    competition = _competition(data or (race.data_path if race else None), f"race {record.race_id}")
+    if race is not None and race.data_fingerprint and data_fingerprint(competition) != race.data_fingerprint:
+        warn(f"{competition.root} has changed since race {race.id} (other files or sizes): "
+             "the rankings may differ from the race's")
+    options = json.loads(race.options or "{}") if race else {}
+    try:
+        split = make_validation_split(competition.training, held_out_fraction=options.get("held_out_fraction", 0.2),
+                                      seed=options.get("seed", 0), gallery_pattern=options.get("gallery_pattern"))
+    except ValueError as error:
+        raise ReplayError(f"race {record.race_id}: no validation split of {competition.root} ({error})") from None
+    try:
+        trains = getattr(strategy_class(record.strategy), "trains", False)
+    except ValueError:      # an ensemble of other runs, or a strategy this toolkit lacks
+        return _from_submission_file(record, splits, competition, f"its strategy {record.strategy!r} cannot be "
+                                     "created by name (an ensemble of other runs, or a strategy not registered here)")
+    if trains:
+        return _from_submission_file(record, splits, competition, "it trained its model, and the race keeps no "
+                                     "weights, so it cannot be re-created without training again")
+    cache_options = dict(cache_dir=cache_dir, num_workers=num_workers, show_progress=show_progress)
+    try:
+        strategy = create_strategy(record.strategy, **json.loads(record.options or "{}"))
+        strategy.embed_options = cache_options       # as the race sets it, for strategies that embed to fit
+        encoder = strategy.fit(split.fit, None)
+    except WeightsUnavailable as error:
+        raise ReplayError(f"run {record.id}: cannot create {record.name} again ({error})") from None
+    except Exception as error:  # a strategy's own failure, as the race catches it: a message, never a crash
+        raise ReplayError(f"run {record.id}: cannot create {record.name} again ({type(error).__name__}: "
+                          f"{_shorten(str(error), 160)})") from None
+    flip, chosen = run_flip(record, options), run_recipe(record)
+    title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or chosen.method != "none" else "")
+    embed_options = dict(cache_options, flip_tta=flip)
+    rankings = {}
+    if "validation" in splits:
+        rankings["validation"] = _validation_rankings(encoder, split, chosen, title, embed_options)
+    if "test" in splits:
+        rankings["test"] = _test_rankings(encoder, competition, chosen, title, embed_options)
+    return rankings
+
+
+def _from_submission_file(record: Run, splits: Sequence[str], competition: CompetitionData,
+                          why: str) -> dict[str, Rankings]:
+    """A run that cannot be re-created: its test ranking from its submission file (ranks only);
+    validation refused."""
+    reason = f"run {record.id} ({record.name}): {why}"
+    if "validation" in splits:
+        raise ReplayError(f"{reason}; its validation rankings cannot be shown (pick another run of the race)")
+    if not record.submission_path or not Path(record.submission_path).is_file():
+        raise ReplayError(f"{reason}, and its submission file {record.submission_path or ''} is gone")
+    warn(f"{reason}; showing the ranking of its submission file (ranks only)")
+    rankings = submission_rankings(record.submission_path, competition.root)
+    rankings.title = f"run {record.id}: {record.name} (its submission file)"
+    return {"test": rankings}
+
+
+def run_flip(record: Run, race_options: dict) -> bool:
+    """The flip setting the run used: its own column, else its notes (older rows), else the race's."""
+    if getattr(record, "flip_tta", None) is not None:
+        return bool(record.flip_tta)
+    if record.notes and "flip TTA" in record.notes:
+        return True
+    return bool(race_options.get("flip_tta"))
+
+
+def run_recipe(record: Run) -> PostProcessing:
+    """The run's post-processing recipe, matched by its description; plain ("none") if unknown."""
+    text = getattr(record, "post_processing", None)
+    if text is None and record.notes:       # older rows kept it in the notes
+        text = next((part.split(":", 1)[1].strip() for part in record.notes.split("; ")
+                     if part.startswith("post-processing:")), None)
+    if text in (None, "", "none"):
+        return recipe("none")
+    for candidate in candidate_recipes():
+        if candidate.describe() == text:
+            return candidate
+    warn(f"run {record.id}: unknown post-processing {text!r}; showing plain nearest neighbours")
+    return recipe("none")
+
+
+def submission_rankings(path: str | Path, data: str | Path) -> Rankings:
+    """The test rankings a submission file holds, ranks only. A name the competition lacks is
+    kept (its cell says the file is not found)."""
+    try:
+        submission = load_submission(Path(path))
+    except SubmissionError as error:
+        raise ReplayError(str(error)) from None
+    competition = _competition(data, f"submission {Path(path).name}")
+    query_folder = competition.queries[0].parent if competition.queries else competition.root / "test" / "query"
+    gallery_folder = competition.gallery[0].parent if competition.gallery else competition.root / "test" / "gallery"
+    queries = {path.name: path for path in competition.queries}
+    gallery_paths = list(competition.gallery)
+    row_of = {path.name: row for row, path in enumerate(gallery_paths)}
+    query_paths, rows = [], []
+    for query in sorted(submission):
+        names = [name for name in submission[query] if isinstance(name, str)][:RESULTS_PER_QUERY]
+        for name in names:
+            if name not in row_of:
+                row_of[name] = len(gallery_paths)
+                gallery_paths.append(gallery_folder / name)
+        query_paths.append(queries.get(query, query_folder / query))
+        rows.append([row_of[name] for name in names] + [-1] * (RESULTS_PER_QUERY - len(names)))
+    return Rankings(title=f"submission {Path(path).name}", split="test", query_paths=query_paths,
+                    gallery_paths=gallery_paths, indices=np.array(rows, dtype=np.int64).reshape(-1, RESULTS_PER_QUERY))
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit - 1] + "…"
+
+
+def _competition(data: str | Path | None, what: str) -> CompetitionData:
+    if not data:
+        raise ReplayError(f"{what}: no data folder is known; pass --data PATH")
+    try:
+        return find_competition(data)
+    except LayoutError as error:
+        raise ReplayError(f"{what}: {error}\n(pass the competition folder with --data PATH)") from None
+
+
+def _describe(flip: bool, chosen: PostProcessing) -> str:
+    return " + ".join((["flip"] if flip else []) + ([chosen.describe()] if chosen.method != "none" else []))
+
+
+def _validation_rankings(encoder, split: ValidationSplit, chosen: PostProcessing, title: str,
+                         embed_options: dict) -> Rankings:
+    """As the race ranked validation: unreadable images left out, the recipe applied; ranked over
+    the whole gallery so that a first hit below 10 still has a rank."""
+    embeddings = embed_images(encoder, [item.path for item in split.queries + split.gallery],
+                              description="validation", **embed_options)
+    query_vectors, gallery_vectors, query_labels, gallery_labels = readable_validation(embeddings, split)
+    readable, count = embeddings.readable_mask, len(split.queries)
+    query_paths = [item.path for item, ok in zip(split.queries, readable[:count]) if ok]
+    gallery_paths = [item.path for item, ok in zip(split.gallery, readable[count:]) if ok]
+    full = ranked_indices(chosen, query_vectors, gallery_vectors, len(gallery_vectors))
+    labels = np.asarray(gallery_labels, dtype=object)
+    indices = full[:, :RESULTS_PER_QUERY]
+    return Rankings(title=title, split="validation", query_paths=query_paths, gallery_paths=gallery_paths,
+                    indices=indices, similarities=_cosine(query_vectors, gallery_vectors, indices),
+                    query_labels=list(query_labels), gallery_labels=list(gallery_labels),
+                    first_hit=first_hit_ranks(labels[full].tolist(), list(query_labels)),
+                    margin=_margins(query_vectors, gallery_vectors, query_labels, labels))
+
+
+def _test_rankings(encoder, competition: CompetitionData, chosen: PostProcessing, title: str,
+                   embed_options: dict) -> Rankings:
+    """As the race ranked the test set for the submission (unreadable gallery images zeroed)."""
+    paths = list(competition.queries) + list(competition.gallery)
+    embeddings = embed_images(encoder, paths, description="test", **embed_options)
+    vectors = embeddings.vectors.copy()
+    count = len(competition.queries)
+    vectors[~embeddings.readable_mask & (np.arange(len(vectors)) >= count)] = 0.0
+    indices = ranked_indices(chosen, vectors[:count], vectors[count:], RESULTS_PER_QUERY)
+    return Rankings(title=title, split="test", query_paths=list(competition.queries),
+                    gallery_paths=list(competition.gallery), indices=indices,
+                    similarities=_cosine(vectors[:count], vectors[count:], indices))
+
+
+def _margins(queries: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: np.ndarray) -> np.ndarray:
+    """Per query: the best same-identity cosine minus the best other-identity one (-inf/+inf when
+    one side is empty). Negative: a stranger looks more alike than any image of the person."""
+    similarity = queries @ gallery.T
+    same = gallery_labels[None, :] == np.asarray(query_labels, dtype=object)[:, None]
+    best_same = np.where(same, similarity, -np.inf).max(axis=1, initial=-np.inf)
+    best_other = np.where(same, -np.inf, similarity).max(axis=1, initial=-np.inf)
+    return (best_same - best_other).astype(np.float64)
+
+
+def _cosine(queries: np.ndarray, gallery: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    """Cosine similarity of each shown result (the embeddings before any post-processing)."""
+    return np.einsum("qd,qkd->qk", queries, gallery[indices]).astype(np.float32)
