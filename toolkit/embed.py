@@ -3,6 +3,7 @@
 Decoding and preprocessing run in DataLoader worker processes, overlapped with the model in the
 main process; the model runs under inference_mode (and autocast on CUDA, inside the Encoder).
 Optional flip test-time augmentation averages each image's embedding with its mirror's.
+An encoder derived from another (`derived_from`, e.g. an adapter) reuses its base's embeddings.
 
 The cache is keyed by (encoder fingerprint [+ ":flip"], file content hash), so a renamed or moved
 file is still a hit and an edited file is not; a second run over the same images re-embeds
@@ -144,8 +145,19 @@ def default_workers() -> int:
 def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
                  flip_tta: bool = False, num_workers: int | None = None,
                  description: str = "embedding", show_progress: bool = True) -> Embeddings:
-    """Embeddings of `paths` in order; cached ones are read, the rest computed in batches."""
+    """Embeddings of `paths` in order; cached ones are read, the rest computed in batches.
+
+    A derived encoder (one with a `derived_from` base encoder and a `project(vectors)` method, such
+    as a trained adapter) is served from its base: the base's embeddings, cached under the base's
+    fingerprint, passed through `encoder.project`. Its own embeddings are never cached."""
     started = time.perf_counter()
+    base = getattr(encoder, "derived_from", None)
+    if base is not None:
+        from_base = embed_images(base, paths, cache_dir=cache_dir, flip_tta=flip_tta, num_workers=num_workers,
+                                 description=description, show_progress=show_progress)
+        return Embeddings(paths=from_base.paths, vectors=encoder.project(from_base.vectors),
+                          problems=from_base.problems, from_cache=from_base.from_cache,
+                          computed=from_base.computed, seconds=time.perf_counter() - started)
     paths = [Path(path) for path in paths]
     cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
     keys = [file_digest(path) if path.is_file() else f"missing:{path}" for path in paths]

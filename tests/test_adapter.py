@@ -1,0 +1,168 @@
+"""strategies/adapter.py: a projection trained on a zero-shot base's cached embeddings."""
+from __future__ import annotations
+
+import copy
+import json
+import pickle
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from strategies import create_strategy, strategy_names
+from strategies.adapter import Adapter, AdapterEncoder
+from toolkit.dataset import find_competition
+from toolkit.embed import embed_images
+from toolkit.images import load_rgb
+from toolkit.synthetic import make_synthetic_competition
+
+
+@pytest.fixture(scope="module")
+def base(tiny_clip_model):
+    """A tiny open_clip ViT with random weights (32-D, fast): a weak base an adapter can improve."""
+    return {"base": "clip-zs", "base_options": {"model": tiny_clip_model, "pretrained": None}}
+
+
+@pytest.fixture(scope="module")
+def competition(tmp_path_factory):
+    """40 training identities (3 photos + 3 renderings each): enough for an inner validation split."""
+    root = make_synthetic_competition(tmp_path_factory.mktemp("adapter") / "competition", training_identities=40,
+                                      test_identities=4, photos_per_identity=3, distractors=2, size=64)
+    return find_competition(root)
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("adapter-cache")
+
+
+def make_adapter(base, cache_dir, **options) -> Adapter:
+    adapter = create_strategy("adapter", **{**base, "held_out_fraction": 0.3, **options})
+    adapter.embed_options = {"cache_dir": cache_dir, "num_workers": 0, "show_progress": False}
+    return adapter
+
+
+@pytest.fixture(scope="module")
+def fitted(base, competition, cache_dir):
+    adapter = make_adapter(base, cache_dir, loss="supcon", steps=200)
+    started = time.monotonic()
+    deadline = started + 120
+    encoder = adapter.fit(competition.training, deadline)
+    return adapter, encoder, time.monotonic() - started, deadline
+
+
+def test_registered_and_options_checked():
+    assert "adapter" in strategy_names()
+    adapter = create_strategy("adapter", base="cnn-zs[pretrained=false,image_size=64]", loss="triplet")
+    assert (adapter.base_name, adapter.base_options) == ("cnn-zs", {"pretrained": False, "image_size": 64})
+    adapter = create_strategy("adapter", base="cnn-zs", base_options="pretrained=false;image_size=64")
+    assert adapter.base_options == {"pretrained": False, "image_size": 64}
+    assert create_strategy("adapter").base_name == "face-zs"
+    with pytest.raises(ValueError, match="no option"):
+        create_strategy("adapter", epochs=3)
+    with pytest.raises(ValueError, match="loss"):
+        create_strategy("adapter", loss="hinge")
+    with pytest.raises(ValueError, match="mix"):
+        create_strategy("adapter", mix=1.5)
+
+
+def test_trains_within_its_deadline_and_beats_its_base_on_inner_validation(fitted):
+    adapter, encoder, seconds, deadline = fitted
+    report = adapter.last_fit
+    assert report["stopped_by"] == "steps" and report["steps"] == 200
+    assert time.monotonic() < deadline and seconds < 60
+    # measured: 622.2 -> 741.7 (random-weight tiny ViT features, 28 fit identities, 36 inner queries)
+    assert report["base_score"] == pytest.approx(622.2, abs=0.1)
+    assert report["score"] >= report["base_score"] + 60
+    assert report["scores_by_mix"][0.0] == pytest.approx(report["base_score"])  # mix 0 is the base
+    assert isinstance(encoder, AdapterEncoder) and encoder.derived_from is not None
+
+
+def test_stops_at_the_deadline(base, competition, cache_dir, fitted):
+    adapter = make_adapter(base, cache_dir, steps=1_000_000)
+    started = time.monotonic()
+    adapter.fit(competition.training, started + 3.0)  # training embeddings are cached by now
+    assert adapter.last_fit["stopped_by"] == "deadline"
+    assert 0 < adapter.last_fit["steps"] < 1_000_000
+    assert time.monotonic() - started < 3.0 + 2.0   # one step and the final mix choice past it
+
+
+@pytest.mark.parametrize("options", [{"loss": "triplet"}, {"loss": "contrastive"}, {"loss": "arcface"},
+                                     {"hidden": 64, "mix": 0.5}, {"out_dim": 16}])
+def test_every_loss_and_shape_trains(base, competition, cache_dir, fitted, options):
+    adapter = make_adapter(base, cache_dir, steps=40, evaluate_every=20, **options)
+    encoder = adapter.fit(competition.training)
+    if "out_dim" not in options:  # a same-width adapter starts as the identity: never worse than its base
+        assert adapter.last_fit["score"] >= adapter.last_fit["base_score"]
+    vectors = encoder.project(np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32))
+    assert vectors.shape == (5, options.get("out_dim", 32)) and vectors.dtype == np.float32
+    assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+
+
+def test_derived_embeddings_come_from_the_base_cache(fitted, competition, cache_dir):
+    _, encoder, _, _ = fitted
+    options = {"cache_dir": cache_dir, "num_workers": 0, "show_progress": False}
+    training_paths = [item.path for item in competition.training]
+    warm = embed_images(encoder, training_paths, **options)   # fit() embedded these with the base
+    assert warm.computed == 0 and warm.from_cache == len(training_paths)
+    test_paths = list(competition.queries) + list(competition.gallery)
+    first = embed_images(encoder, test_paths, **options)
+    second = embed_images(encoder, test_paths, **options)
+    assert first.computed == len(test_paths) and second.computed == 0
+    assert np.array_equal(first.vectors, second.vectors)
+    base = embed_images(encoder.derived_from, test_paths, **options)
+    assert base.computed == 0
+    assert np.allclose(first.vectors, encoder.project(base.vectors), atol=1e-6)
+    # the encoder's own batch path agrees with the cached path
+    batch = encoder.collate([encoder.preprocess(load_rgb(path)) for path in test_paths[:3]])
+    assert np.allclose(encoder.encode(batch), first.vectors[:3], atol=1e-4)
+    flipped = embed_images(encoder, test_paths[:3], flip_tta=True, **options)
+    assert flipped.vectors.shape == first.vectors[:3].shape and encoder.flippable
+
+
+def test_fingerprint_follows_the_weights_and_the_encoder_pickles(fitted):
+    _, encoder, _, _ = fitted
+    same = AdapterEncoder(encoder.derived_from, copy.deepcopy(encoder.projection))
+    assert same.fingerprint == encoder.fingerprint
+    changed = copy.deepcopy(encoder.projection)
+    with torch.no_grad():
+        changed.linear.bias.add_(1e-3)
+    assert AdapterEncoder(encoder.derived_from, changed).fingerprint != encoder.fingerprint
+    assert encoder.fingerprint != encoder.derived_from.fingerprint
+
+    restored = pickle.loads(pickle.dumps(encoder))   # what DataLoader workers receive
+    vectors = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)
+    assert np.array_equal(restored.project(vectors), encoder.project(vectors))
+    assert restored.fingerprint == encoder.fingerprint
+
+
+def test_same_seed_same_adapter(base, competition, cache_dir, fitted):
+    first = make_adapter(base, cache_dir, steps=20, evaluate_every=10).fit(competition.training)
+    second = make_adapter(base, cache_dir, steps=20, evaluate_every=10).fit(competition.training)
+    assert first.fingerprint == second.fingerprint
+
+
+def test_the_race_runs_an_adapter(base, competition, cache_dir, fitted, tmp_path, monkeypatch):
+    from toolkit.metrics import score_submission
+    from toolkit.race import run_race
+
+    monkeypatch.setenv("RETRIEVAL_RACE_CACHE", str(cache_dir.parent))  # if the race leaves embed_options unset
+    result = run_race(competition, [("adapter", {**base, "steps": 40, "held_out_fraction": 0.3})],
+                      submissions_dir=tmp_path / "submissions", cache_dir=cache_dir, num_workers=0,
+                      show_progress=False, flip_tta=False, post_process=False)
+    run = result.runs[0]
+    assert run.status == "finished", run.reason
+    answers = json.loads((competition.root / "answers.json").read_text())
+    submission = json.loads(run.submission.read_text())
+    assert score_submission(submission, answers).queries == len(competition.queries)
+
+
+def test_derived_embeddings_keep_the_base_problems(fitted, competition, cache_dir, tmp_path):
+    _, encoder, _, _ = fitted
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes(competition.queries[0].read_bytes()[:100])
+    result = embed_images(encoder, [competition.queries[0], broken], cache_dir=cache_dir, num_workers=0,
+                          show_progress=False)
+    assert list(result.problems) == [1] and result.vectors.shape == (2, 32)
+    assert result.readable_mask.tolist() == [True, False]
