@@ -31,13 +31,17 @@ def test_race_on_generated_data_writes_valid_submissions(tmp_path, synthetic_com
              ("cnn-zs", {"pretrained": False, "image_size": 64})]
     result = run_race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False, gallery_pattern="*_s.*")
-    assert [run.status for run in result.runs] == ["finished", "finished"]
+    # zero-shot strategies by estimated cost (cnn-zs is the faster), then their ensemble
+    assert [run.strategy for run in result.runs] == ["cnn-zs", "clip-zs", "ensemble"]
+    assert [run.status for run in result.runs] == ["finished", "finished", "finished"]
     for run in result.runs:
         assert run.submission.parent == tmp_path / "subs"
         _check_submission(run.submission, competition)
         assert 0 <= run.validation.score <= 1000 and run.validation.queries == len(result.split.queries)
     assert result.best in result.runs
-    assert race_table(result).row_count == 2
+    assert load_submission(result.best_submission) == load_submission(result.best.submission)
+    assert result.best_submission.name.endswith("-best.json")
+    assert race_table(result).row_count == 3
 
 
 def test_a_strategy_that_cannot_load_fails_alone(tmp_path, synthetic_competition, tiny_clip_model):
@@ -72,7 +76,10 @@ def test_end_to_end_race_on_the_real_mini_benchmark(tmp_path, mini_benchmark, ti
     # dlib's face descriptor is far above generic features on faces, even on 24 queries
     assert test_scores["face-zs"] >= 700
     assert test_scores["face-zs"] > test_scores["clip-zs"]
-    assert result.best.label == "face-zs"
+    strategies = [run for run in result.runs if run.strategy != "ensemble"]
+    assert max(strategies, key=lambda run: run.validation.score).label == "face-zs"
+    assert result.best.label in ("face-zs", result.runs[-1].label)   # face-zs, or an ensemble led by it
+    assert result.runs[-1].label.startswith("ensemble[") and "face-zs=" in result.runs[-1].label
 
 
 def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_them(tmp_path, synthetic_competition, tiny_clip_model):

@@ -1,0 +1,356 @@
+"""The race under a budget: the schedule, skipping, deadlines, the hard stop at the budget's end,
+Ctrl-C (in process and as a real SIGINT to `invoke race`), the best copy and the live view.
+
+The strategies here are test-only Strategy objects passed to run_race directly (the subprocess
+test registers two of them in its own process): a fast pixel encoder, and trained strategies that
+estimate too much, loop until their deadline, ignore it, sleep, or are interrupted."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
+from toolkit.budget import (FINAL_WRITE_FRACTION, WRITE_SECONDS, Budget, OutOfTime, hard_stop, images_after_fit,
+                            schedule)
+from toolkit.dataset import find_competition
+from toolkit.leaderboard import Leaderboard
+from toolkit.race import RaceInterrupted, race_table, run_race
+from toolkit.submission import load_submission, validate_submission
+
+PROJECT = Path(__file__).resolve().parents[1]
+SLACK = 0.75          # seconds of scheduling noise allowed beyond budget * 1.03
+
+
+class PixelEncoder(Encoder):
+    """Fast, deterministic embeddings for tests: a fixed random projection of a 12x12 thumbnail."""
+
+    flippable = True
+    batch_size = 16
+
+    def __init__(self, width: int = 24, seed: int = 0):
+        self.projection = np.random.default_rng(seed).standard_normal((12 * 12 * 3, width)).astype(np.float32)
+        self.fingerprint = fingerprint_of("test-pixels", width, seed)
+
+    def preprocess(self, image):
+        pixels = np.asarray(image.convert("RGB").resize((12, 12)), dtype=np.float32) / 255.0
+        return pixels - pixels.mean()
+
+    def collate(self, items):
+        return np.stack(items)
+
+    def flip(self, batch):
+        return batch[:, :, ::-1]
+
+    def encode(self, batch) -> np.ndarray:
+        return l2_normalise(batch.reshape(len(batch), -1) @ self.projection)
+
+
+class PixelStrategy(Strategy):
+    name = "test-pixels"
+    summary = "test only: a random projection of a thumbnail"
+    images_per_second_cpu = 50.0
+
+    def __init__(self, width: int = 24, seed: int = 0, **options):
+        super().__init__(width=width, seed=seed, **options)
+        self.width, self.seed = width, seed
+
+    def weights_status(self) -> WeightsStatus:
+        return WeightsStatus(True, "no weights")
+
+    def fit(self, training, deadline=None) -> Encoder:
+        return PixelEncoder(self.width, self.seed)
+
+
+class TooSlow(PixelStrategy):
+    name, trains = "test-too-slow", True
+    fitted = False
+
+    def estimate(self, training, n_images: int) -> float:
+        return 1e6
+
+    def fit(self, training, deadline=None) -> Encoder:
+        self.fitted = True
+        return super().fit(training, deadline)
+
+
+class TrainsUntilDeadline(PixelStrategy):
+    """A training loop that uses every second it is given, and stops at its deadline."""
+    name, trains = "test-trains-until-deadline", True
+    received: float | None = None
+    stopped: float | None = None
+
+    def estimate(self, training, n_images: int) -> float:
+        return 1.0 + self.estimate_seconds(n_images)
+
+    def fit(self, training, deadline=None) -> Encoder:
+        self.received = deadline
+        while time.monotonic() < deadline:
+            time.sleep(0.01)
+        self.stopped = time.monotonic()
+        return super().fit(training, deadline)
+
+
+class FinishesLate(PixelStrategy):
+    """Trains 1.2 s past its deadline, then finishes well inside the budget."""
+    name, trains = "test-finishes-late", True
+
+    def estimate(self, training, n_images: int) -> float:
+        return 1.0
+
+    def fit(self, training, deadline=None) -> Encoder:
+        time.sleep(max(deadline + 1.2 - time.monotonic(), 0))
+        return super().fit(training, deadline)
+
+
+class Crashes(PixelStrategy):
+    name = "test-crashes"
+
+    def fit(self, training, deadline=None) -> Encoder:
+        raise RuntimeError("boom")
+
+
+class IgnoresDeadline(PixelStrategy):
+    name, trains = "test-ignores-deadline", True
+
+    def estimate(self, training, n_images: int) -> float:
+        return 0.5
+
+    def fit(self, training, deadline=None) -> Encoder:
+        time.sleep(3600)
+        raise AssertionError("the race should have stopped this strategy")
+
+
+class Interrupted(PixelStrategy):
+    """Ctrl-C while it fits (a KeyboardInterrupt, as Python raises for SIGINT)."""
+    name, trains = "test-interrupted", True
+
+    def fit(self, training, deadline=None) -> Encoder:
+        raise KeyboardInterrupt
+
+
+class Sleepy(PixelStrategy):
+    """Says it is fitting (a marker file named by $SLEEPY_MARKER), then sleeps until interrupted."""
+    name, trains = "test-sleepy", True
+
+    def fit(self, training, deadline=None) -> Encoder:
+        Path(os.environ["SLEEPY_MARKER"]).write_text("fitting")
+        time.sleep(3600)
+        raise AssertionError("expected to be interrupted")
+
+
+def _race(competition, strategies, tmp_path, **options):
+    options = {"submissions_dir": tmp_path / "subs", "cache_dir": tmp_path / "cache", "num_workers": 0,
+               "show_progress": False, "leaderboard": tmp_path / "board.db", **options}
+    return run_race(competition, strategies, **options)
+
+
+def _valid(path, competition) -> dict:
+    submission = load_submission(path)
+    validate_submission(submission, [p.name for p in competition.queries], [p.name for p in competition.gallery])
+    return submission
+
+
+def _rows(tmp_path, race_id):
+    with Leaderboard(tmp_path / "board.db") as board:
+        return board.race(race_id), {row.name: row for row in board.runs(race_id)}
+
+
+# --- the clock, on its own ---------------------------------------------------------------------------
+
+
+def test_schedule_runs_zero_shot_first_then_trained_each_by_estimate_stably():
+    entries = [("trained-slow", True, 50.0), ("zs-slow", False, 9.0), ("trained-fast", True, 5.0),
+               ("zs-fast", False, 1.0), ("zs-fast-too", False, 1.0), ("trained-unknown", True, None)]
+    ordered = schedule(entries, trains=lambda entry: entry[1], estimate=lambda entry: entry[2])
+    assert [entry[0] for entry in ordered] == ["zs-fast", "zs-fast-too", "zs-slow", "trained-fast", "trained-slow",
+                                                "trained-unknown"]
+
+
+def test_budget_deadlines_leave_the_reserve_and_the_final_write():
+    budget = Budget(100.0, started=1000.0)
+    assert (budget.end, budget.final_end) == (1100.0, pytest.approx(1100.0 + 100 * FINAL_WRITE_FRACTION))
+    assert budget.fit_deadline(12.5) == 1087.5
+    assert Budget(None).fit_deadline(12.5) is None and Budget(None).left() == float("inf")
+    # undecided flip: validation plain + mirrored (3 passes), test with flip (2 passes)
+    assert images_after_fit(10, 20, None) == 70 and images_after_fit(10, 20, False) == 30
+
+
+def test_hard_stop_raises_out_of_time_and_leaves_no_timer_behind():
+    started = time.monotonic()
+    with pytest.raises(OutOfTime):
+        with hard_stop(started + 0.2):
+            time.sleep(5)
+    assert time.monotonic() - started < 1.0
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+    with hard_stop(time.monotonic() + 5):
+        pass
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)
+
+
+# --- the race under a budget ----------------------------------------------------------------------
+
+
+def test_a_strategy_that_would_overrun_is_skipped_not_started(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    too_slow = TooSlow()
+    result = _race(competition, [too_slow, PixelStrategy()], tmp_path, budget_seconds=60, show_progress=True)
+    skipped, finished = result.runs[1], result.runs[0]          # zero-shot first, whatever the order given
+    assert (finished.label, finished.status) == ("test-pixels[seed=0,width=24]", "finished")
+    assert skipped.status == "skipped" and not too_slow.fitted and skipped.submission is None
+    assert skipped.reason.startswith("estimated 1000000s,") and skipped.reason.endswith("s left")
+    assert not list((tmp_path / "subs").glob("*too-slow*"))
+    assert len(result.runs) == 2                                # one finished strategy: no ensemble
+    race, rows = _rows(tmp_path, result.race_id)
+    assert rows[skipped.label].status == "skipped" and "estimated 1000000s" in rows[skipped.label].reason
+    assert rows[finished.label].status == "finished" and race.seconds == pytest.approx(result.seconds)
+
+
+def test_a_training_loop_gets_a_deadline_within_the_budget_and_the_race_ends_in_time(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    budget = 8.0
+    trained = TrainsUntilDeadline()
+    before = time.monotonic()
+    result = _race(competition, [trained, PixelStrategy(width=16)], tmp_path, budget_seconds=budget)
+    after = time.monotonic()
+    run = next(run for run in result.runs if run.strategy == "test-trains-until-deadline")
+    assert run.status == "finished", run.reason
+    assert trained.received == run.deadline
+    # the deadline leaves time to embed and write (at least WRITE_SECONDS) and still trains for a while
+    assert before + 2 < trained.received <= before + budget - WRITE_SECONDS
+    assert trained.stopped - trained.received < 0.5
+    assert run.fit_seconds > 2
+    assert result.seconds <= budget * (1 + FINAL_WRITE_FRACTION) + SLACK
+    assert after - before <= budget * (1 + FINAL_WRITE_FRACTION) + SLACK
+    assert [run.strategy for run in result.runs] == ["test-pixels", "test-trains-until-deadline", "ensemble"]
+    _valid(result.best_submission, competition)
+
+
+def test_a_strategy_still_running_when_the_budget_ends_is_stopped_and_timed_out(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    budget = 4.0
+    before = time.monotonic()
+    result = _race(competition, [IgnoresDeadline(), PixelStrategy()], tmp_path, budget_seconds=budget)
+    assert time.monotonic() - before <= budget * (1 + FINAL_WRITE_FRACTION) + SLACK
+    finished, stopped = result.runs
+    assert finished.status == "finished" and result.best is finished
+    assert stopped.status == "timed-out" and stopped.reason == "still fitting when the budget ended"
+    assert _valid(result.best_submission, competition) == load_submission(finished.submission)
+    race, rows = _rows(tmp_path, result.race_id)
+    assert rows[stopped.label].status == "timed-out" and race.ended_at is not None
+    assert "timed-out" in {row.status for row in rows.values()}
+    assert race_table(result).row_count == 2
+
+
+def test_a_strategy_past_its_deadline_that_finishes_is_kept_with_a_note(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    result = _race(competition, [FinishesLate()], tmp_path, budget_seconds=6.0)
+    [run] = result.runs
+    assert run.status == "finished" and run.submission is not None
+    assert any(note.startswith("fit overran its deadline by") for note in run.notes)
+
+
+def test_a_crash_is_recorded_and_the_race_goes_on(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    result = _race(competition, [Crashes(), PixelStrategy()], tmp_path)
+    crashed, finished = result.runs
+    assert (crashed.status, crashed.reason) == ("failed", "RuntimeError: boom")
+    assert finished.status == "finished" and result.best is finished
+    _valid(result.best_submission, competition)
+    race, rows = _rows(tmp_path, result.race_id)
+    assert rows[crashed.label].status == "failed" and race.ended_at is not None
+
+
+def test_ctrl_c_keeps_what_finished_writes_the_best_and_records_every_run(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    strategies = [PixelStrategy(), Interrupted(), TooSlow(width=16)]
+    with pytest.raises(RaceInterrupted) as raised:
+        _race(competition, strategies, tmp_path)
+    assert isinstance(raised.value, KeyboardInterrupt)
+    result = raised.value.result
+    assert result.interrupted
+    assert [(run.strategy, run.status, run.reason) for run in result.runs] == [
+        ("test-pixels", "finished", ""), ("test-interrupted", "failed", "interrupted"),
+        ("test-too-slow", "skipped", "not started: the race was interrupted")]
+    assert _valid(result.best_submission, competition) == load_submission(result.runs[0].submission)
+    race, rows = _rows(tmp_path, result.race_id)
+    assert race.ended_at is not None and race.seconds == pytest.approx(result.seconds)
+    assert {name: row.status for name, row in rows.items()} == {run.label: run.status for run in result.runs}
+    assert rows[result.runs[0].label].validation_score == pytest.approx(result.runs[0].validation.score)
+
+
+SCRIPT = """
+import sys
+sys.path.insert(0, {project!r})
+from invoke import Collection, Program
+from strategies import register
+from tests.test_race_budget import PixelStrategy, Sleepy
+register(PixelStrategy)
+register(Sleepy)
+import tasks
+Program(namespace=Collection.from_module(tasks), version="test").run(["invoke", *sys.argv[1:]])
+"""
+
+
+def test_sigint_during_invoke_race_exits_130_with_the_best_so_far_written(tmp_path, synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    script, marker, board = tmp_path / "race.py", tmp_path / "sleepy-is-fitting", tmp_path / "board.db"
+    script.write_text(SCRIPT.format(project=str(PROJECT)))
+    env = {**os.environ, "SLEEPY_MARKER": str(marker), "COLUMNS": "200",
+           "RETRIEVAL_RACE_CACHE": str(tmp_path / "cache")}
+    command = [sys.executable, str(script), "race", "--data", str(synthetic_competition), "--strategies",
+               "test-sleepy,test-pixels", "--workers", "0", "--submissions", str(tmp_path / "subs"),
+               "--leaderboard", str(board)]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        waited = time.monotonic()
+        while not marker.exists() and process.poll() is None and time.monotonic() - waited < 90:
+            time.sleep(0.1)
+        assert marker.exists(), process.communicate(timeout=10)
+        process.send_signal(signal.SIGINT)
+        stdout, stderr = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert process.returncode == 130, stdout + stderr
+    assert "Traceback" not in stdout + stderr
+    [best] = list((tmp_path / "subs").glob("*-best.json"))
+    assert f"interrupted: best so far written to {best}" in " ".join(stdout.split())
+    [pixels] = list((tmp_path / "subs").glob("*-test-pixels-*.json"))
+    assert _valid(best, competition) == load_submission(pixels)
+    with Leaderboard(board) as leaderboard:
+        race = leaderboard.latest_race()
+        assert race.ended_at is not None and race.seconds > 0
+        rows = {row.strategy: row for row in leaderboard.runs(race.id)}
+    assert rows["test-pixels"].status == "finished" and rows["test-pixels"].validation_score is not None
+    assert Path(rows["test-pixels"].submission_path) == pixels.resolve()
+    assert (rows["test-sleepy"].status, rows["test-sleepy"].reason) == ("failed", "interrupted")
+
+
+# --- the live view ---------------------------------------------------------------------------------
+
+
+def test_the_live_view_shows_every_run_and_nests_the_progress_bars(tmp_path, synthetic_competition):
+    from toolkit.console import console
+    from toolkit.embed import embed_images
+    from toolkit.live import RaceView, nested_live_supported, race_view_table
+    from toolkit.race import StrategyRun
+
+    runs = [StrategyRun(label="a", status="finished", estimate=3.0, started=0.0, ended=2.0),
+            StrategyRun(label="b", status="fitting", started=time.monotonic()), StrategyRun(label="c")]
+    budget = Budget(60.0)
+    table = race_view_table(runs, budget)
+    assert table.row_count == 3 and "left of 60 s" in str(table.title)
+    with RaceView(runs, budget, enabled=False) as view:
+        assert view.live is None
+    with RaceView(runs, budget, enabled=True) as view:
+        assert (view.live is not None) == nested_live_supported()
+        paths = sorted(synthetic_competition.glob("test/query/*"))
+        embedded = embed_images(PixelEncoder(), paths, cache_dir=tmp_path, num_workers=0, show_progress=True)
+        assert embedded.computed == len(paths)
+    assert not getattr(console, "_live_stack", [])

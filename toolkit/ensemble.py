@@ -1,0 +1,156 @@
+"""Ensembles of finished strategies, fused from the embeddings the race already holds.
+
+Each member's embeddings are L2-normalised and concatenated with weights w_i:
+
+    v = concat_i( sqrt(w_i) * e_i ) / sqrt(sum_i w_i)
+
+so v_q . v_g = sum_i w_i (e_iq . e_ig) / sum_i w_i: the cosine similarity of fused vectors is the
+weighted mean of the members' similarities. Members of any width combine, and fused vectors are
+unit length again, ready for faiss and every re-ranking recipe of toolkit.rerank.
+
+The weights are searched on the validation split over a grid on the simplex (`simplex_grid`,
+step 0.1: 63 points for 3 members, 282 for 4), each point scored by plain nearest neighbours from
+the members' similarity matrices, computed once. An ensemble therefore costs seconds and embeds
+no image again.
+"""
+from __future__ import annotations
+
+import itertools
+import time
+from dataclasses import dataclass, replace
+from typing import Callable, Sequence
+
+import numpy as np
+
+from strategies.base import l2_normalise
+from toolkit.embed import Embeddings
+from toolkit.metrics import RetrievalScore, score_rankings
+
+ENSEMBLE = "ensemble"          # the `strategy` of an ensemble run in the leaderboard
+DEFAULT_STEP = 0.1
+
+
+def fuse(members: Sequence[np.ndarray], weights: Sequence[float]) -> np.ndarray:
+    """Rows of the members (each (n, d_i)) fused into (n, sum d_i) float32, as in the docstring."""
+    if len(members) != len(weights) or not members:
+        raise ValueError(f"fuse needs one weight per member, got {len(members)} members and {len(weights)} weights")
+    weights = np.asarray(weights, dtype=np.float64)
+    if (weights < 0).any() or weights.sum() <= 0:
+        raise ValueError(f"ensemble weights must be >= 0 with a positive sum, not {weights.tolist()}")
+    scales = np.sqrt(weights / weights.sum())
+    parts = [l2_normalise(vectors) * np.float32(scale) for vectors, scale in zip(members, scales)]
+    return np.ascontiguousarray(np.concatenate(parts, axis=1), dtype=np.float32)
+
+
+def fuse_embeddings(members: Sequence[Embeddings], weights: Sequence[float]) -> Embeddings:
+    """The members' embeddings of the same files, fused; a file unreadable for one is unreadable."""
+    paths = members[0].paths
+    if any(len(member.paths) != len(paths) for member in members):
+        raise ValueError("ensemble members must hold embeddings of the same files")
+    return Embeddings(paths=paths, vectors=fuse([member.vectors for member in members], weights),
+                      problems=common_problems(members), from_cache=len(paths))
+
+
+def common_problems(members: Sequence[Embeddings]) -> dict[int, str]:
+    problems: dict[int, str] = {}
+    for member in members:
+        for row, reason in member.problems.items():
+            problems.setdefault(row, reason)
+    return problems
+
+
+def with_problems(embeddings: Embeddings, problems: dict[int, str]) -> Embeddings:
+    """The same embeddings with these rows marked unreadable (so that members drop the same rows)."""
+    return replace(embeddings, problems=dict(problems))
+
+
+def simplex_grid(count: int, step: float = DEFAULT_STEP) -> list[tuple[float, ...]]:
+    """Weights summing to 1 in multiples of `step`, at least two of them positive (one member alone
+    is a run of its own already)."""
+    units = round(1 / step)
+    grid = []
+    for cuts in itertools.combinations(range(units + count - 1), count - 1):   # stars and bars
+        bounds = (-1, *cuts, units + count - 1)
+        parts = [bounds[i + 1] - bounds[i] - 1 for i in range(count)]
+        if sum(part > 0 for part in parts) >= 2:
+            grid.append(tuple(part / units for part in parts))
+    return grid
+
+
+@dataclass
+class WeightSearch:
+    weights: tuple[float, ...]
+    score: RetrievalScore        # plain nearest neighbours with these weights
+    tried: int
+    complete: bool               # False when the deadline cut the grid short
+
+    def describe(self) -> str:
+        return f"{self.tried} weightings tried on validation" + ("" if self.complete else " (cut short by the budget)")
+
+
+def search_weights(members: Sequence[tuple[np.ndarray, np.ndarray]], query_labels: Sequence,
+                   gallery_labels: Sequence, step: float = DEFAULT_STEP, k: int = 10,
+                   deadline: float | None = None) -> WeightSearch:
+    """The grid point with the best validation score. `members` are (query, gallery) vectors of the
+    same validation images; `deadline` (time.monotonic) ends the search early with the best so far."""
+    similarities = [l2_normalise(query) @ l2_normalise(gallery).T for query, gallery in members]
+    labels = np.asarray(gallery_labels, dtype=object)
+    grid = simplex_grid(len(members), step)
+    best: tuple[tuple[float, ...], RetrievalScore] | None = None
+    tried = 0
+    for weights in grid:
+        if best is not None and deadline is not None and time.monotonic() > deadline:
+            break
+        fused = sum(np.float32(weight) * similarity for weight, similarity in zip(weights, similarities))
+        score = score_rankings(labels[_top_indices(fused, k)].tolist(), list(query_labels), list(gallery_labels))
+        tried += 1
+        if best is None or score.score > best[1].score:
+            best = (weights, score)
+    return WeightSearch(weights=best[0], score=best[1], tried=tried, complete=tried == len(grid))
+
+
+@dataclass
+class Ensemble:
+    """What build_ensemble found: the members kept (a positive weight), their weights, the fused
+    validation and test embeddings, and how the search went."""
+    members: list[int]               # positions in the members given
+    weights: list[float]
+    validation: Embeddings
+    test: Embeddings
+    search: WeightSearch
+
+
+def build_ensemble(validation: Sequence[Embeddings], test: Sequence[Embeddings],
+                   readable: Callable[[Embeddings], tuple], deadline: float | None = None) -> Ensemble:
+    """Search the weights of the members on validation and fuse their embeddings. `readable(e)`
+    gives (query vectors, gallery vectors, query labels, gallery labels) of validation embeddings,
+    unreadable rows left out (toolkit.race.readable_validation); the rows unreadable for any member
+    are left out for all of them."""
+    problems = common_problems(validation)
+    validation = [with_problems(embeddings, problems) for embeddings in validation]
+    rows = [readable(embeddings) for embeddings in validation]
+    search = search_weights([(query, gallery) for query, gallery, _, _ in rows], rows[0][2], rows[0][3],
+                            deadline=deadline)
+    kept = [position for position, weight in enumerate(search.weights) if weight > 0]
+    weights = [search.weights[position] for position in kept]
+    return Ensemble(members=kept, weights=weights, search=search,
+                    validation=fuse_embeddings([validation[position] for position in kept], weights),
+                    test=fuse_embeddings([test[position] for position in kept], weights))
+
+
+def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k highest scores' columns per row, best first (ties: lower column first)."""
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((len(scores), 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def ensemble_label(labels: Sequence[str], weights: Sequence[float]) -> str:
+    """ensemble[face-zs=0.7,cnn-zs=0.3]: members with a positive weight, heaviest first."""
+    members = sorted(((weight, label) for label, weight in zip(labels, weights) if weight > 0),
+                     key=lambda pair: -pair[0])
+    total = sum(weight for weight, _ in members)
+    return f"{ENSEMBLE}[" + ",".join(f"{label}={weight / total:.2g}" for weight, label in members) + "]"

@@ -1,0 +1,120 @@
+"""The race on screen: a live table while it runs, the results table when it is done.
+
+While it runs: every strategy's status, estimate, time used and validation score, with the time
+left in the budget, refreshed as things change.
+
+The table is a rich Live display. The progress bars of toolkit.embed are Live displays of their
+own; rich (15.0 and later) nests them, so they render under the table while a strategy embeds and
+print above it when done. With an older rich, which allows one Live display at a time, the table
+is printed between strategies instead. Off when show_progress is False (and transient: the final
+race table replaces it).
+"""
+from __future__ import annotations
+
+import time
+from typing import Sequence
+
+from rich.live import Live
+from rich.markup import escape
+from rich.table import Table
+from rich.text import Text
+
+from toolkit.budget import Budget
+from toolkit.console import console
+
+STATUS_STYLES = {"queued": "dim", "estimating": "cyan", "fitting": "bold cyan", "embedding": "bold cyan",
+                 "finished": "green", "skipped": "yellow", "failed": "red", "timed-out": "red"}
+
+
+def nested_live_supported() -> bool:
+    """Whether this rich keeps a stack of Live displays (and so renders a progress bar inside one)."""
+    return isinstance(getattr(console, "_live_stack", None), list)
+
+
+class RaceView:
+    """A context manager showing `runs` (StrategyRun objects, read as they change) under `budget`."""
+
+    def __init__(self, runs: Sequence, budget: Budget, enabled: bool = True):
+        self.runs, self.budget, self.enabled = runs, budget, enabled
+        self.live: Live | None = None
+
+    def __enter__(self) -> RaceView:
+        if self.enabled and nested_live_supported():
+            self.live = Live(get_renderable=self.table, console=console, refresh_per_second=2, transient=True)
+            self.live.start(refresh=True)
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.live is not None:
+            self.live.stop()
+            self.live = None
+
+    def strategy_ended(self) -> None:
+        """Between strategies: without a Live display (older rich), print the table now."""
+        if self.enabled and self.live is None:
+            console.print(self.table())
+
+    def table(self) -> Table:
+        return race_view_table(self.runs, self.budget)
+
+
+def race_view_table(runs: Sequence, budget: Budget) -> Table:
+    table = Table(title=f"race: {budget.describe()}", title_justify="left")
+    for column, justify in (("strategy", "left"), ("status", "left"), ("est s", "right"), ("used s", "right"),
+                            ("val score", "right"), ("detail", "left")):
+        table.add_column(column, justify=justify, no_wrap=column == "strategy",
+                         overflow="ellipsis" if column == "detail" else "fold", max_width=60 if column == "detail" else None)
+    for run in runs:
+        score = f"{run.validation.score:.1f}" if run.validation else "-"
+        estimate = f"{run.estimate:.0f}" if run.estimate is not None else "-"
+        table.add_row(escape(run.label), Text(run.status, style=STATUS_STYLES.get(run.status, "")), estimate,
+                      _used(run), score, escape(run.reason or ""))
+    return table
+
+
+def _used(run) -> str:
+    if run.started is None:
+        return "-"
+    ended = run.ended if run.ended is not None else time.monotonic()
+    return f"{ended - run.started:.1f}"
+
+
+# --- when it is done -------------------------------------------------------------------------------
+
+
+def post_processing_label(run) -> str:
+    parts = (["flip"] if run.flip_tta else []) + ([run.post_processing] if run.post_processing != "none" else [])
+    return " + ".join(parts) or "none"
+
+
+def race_table(result) -> Table:
+    """The results of a race (toolkit.race.RaceResult), best first, the best in green."""
+    best = result.best
+    table = Table(title="race: local validation (identities held out of training/)", caption=_caption(result))
+    left = ("strategy", "status", "post-processing", "submission / reason")
+    for column in ("strategy", "status", "score", "plain", "Top1", "Top5", "Top10", "mAP@10", "post-processing",
+                   "est s", "fit s", "embed s", "submission / reason"):
+        table.add_column(column, justify="left" if column in left else "right", no_wrap=column in ("strategy", "status"),
+                         overflow="fold" if column == "submission / reason" else "ellipsis")
+    ordered = sorted(result.runs, key=lambda run: -(run.validation.score if run.validation else -1))
+    for run in ordered:
+        score = run.validation
+        cells = [f"{score.score:.1f}", f"{run.baseline.score:.1f}" if run.baseline else "-", f"{score.top1:.3f}",
+                 f"{score.top5:.3f}", f"{score.top10:.3f}", f"{score.map_at_10:.3f}",
+                 post_processing_label(run)] if score else ["-"] * 7
+        detail = run.submission.name if run.submission else run.reason      # the folder: --submissions
+        if run.notes:
+            detail += f" ({'; '.join(run.notes)})"
+        style = "bold green" if run is best else ("red" if run.status in ("failed", "timed-out") else None)
+        estimate = f"{run.estimate:.1f}" if run.estimate is not None else "-"
+        table.add_row(escape(run.label), run.status, *map(escape, cells), estimate, f"{run.fit_seconds:.1f}",
+                      f"{run.embed_seconds:.1f}", escape(detail), style=style)
+    return table
+
+
+def _caption(result) -> str:
+    budget = f"budget {result.budget_seconds:g} s, " if result.budget_seconds is not None else ""
+    caption = f"{budget}{result.seconds:.1f} s used" + (", interrupted" if result.interrupted else "")
+    if result.best_submission:
+        caption += f"; best copied to {result.best_submission}"
+    return escape(caption)
