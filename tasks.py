@@ -10,6 +10,8 @@
     invoke download URL [--to data/NAME] [--sha256 HEX]   # resumable; safe unpacking
     invoke prefetch [--strategies a,b]             # weights into the caches, for a race offline
     invoke doctor [--data data]                    # what this machine can do
+    invoke show [--run ID | --submission FILE] [--validation] [--worst]   # a run's top-10 as a picture
+    invoke report [--race ID]                      # one HTML page: leaderboard, charts, the best run's grids
     invoke test
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
     from strategies import parse_strategy_specs
     from toolkit.console import console, warn
     from toolkit.dataset import LayoutError, describe, find_competition
-    from toolkit.race import parse_duration, race_table, run_race
+    from toolkit.race import RaceInterrupted, parse_duration, race_table, run_race
 
     try:
         specs = parse_strategy_specs(strategies)
@@ -51,10 +53,18 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
     console.print(f"[bold]{competition.root}[/bold]: {describe(competition)}")
     for path, reason in competition.ignored[:10]:
         warn(f"ignored {path}: {reason}")
-    result = run_race(competition, specs, budget_seconds=budget_seconds, submissions_dir=Path(submissions),
-                      seed=seed, held_out_fraction=held_out, gallery_pattern=gallery_pattern,
-                      flip_tta=flip, post_process=rerank, num_workers=workers,
-                      leaderboard=_leaderboard_file(leaderboard))
+    try:
+        result = run_race(competition, specs, budget_seconds=budget_seconds, submissions_dir=Path(submissions),
+                          seed=seed, held_out_fraction=held_out, gallery_pattern=gallery_pattern,
+                          flip_tta=flip, post_process=rerank, num_workers=workers,
+                          leaderboard=_leaderboard_file(leaderboard))
+    except RaceInterrupted as interrupted:
+        console.print(race_table(interrupted.result))
+        raise _interrupted(interrupted.result.best_submission) from None
+    except KeyboardInterrupt:
+        raise _interrupted(None) from None
+    except ValueError as error:  # a strategy option it does not take, a split it cannot make
+        raise _fail(str(error)) from None
     console.print(race_table(result))
     if result.race_id is not None:
         console.print(f"recorded as race {result.race_id} in {_leaderboard_file(leaderboard)} "
@@ -63,8 +73,16 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
     if best is None:
         raise _fail("no strategy finished; see the reasons above")
     console.print(f"best by validation: [bold green]{escape(best.label)}[/bold green] "
-                  f"({best.validation.score:.1f}) -> {best.submission}")
+                  f"({best.validation.score:.1f}) -> {best.submission}, copied to {result.best_submission}")
     return result
+
+
+def _interrupted(best_submission: Path | None) -> Exit:
+    """Ctrl-C during a race: say what was kept; exit code 130, as a shell does for SIGINT."""
+    from toolkit.console import console
+    kept = f"best so far written to {best_submission}" if best_submission else "no strategy had finished; nothing written"
+    console.print(f"[yellow]interrupted:[/yellow] {escape(kept)}", soft_wrap=True)
+    return Exit(code=130)
 
 
 @task(help={
@@ -383,3 +401,88 @@ def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
         console.print("stopped")
     finally:
         scorer.server_close()
+
+
+# --- pictures of a race ---------------------------------------------------------------------------
+
+
+@task(help={
+    "run": "the run to show: its id from invoke leaderboard (default: the best run of the latest race)",
+    "submission": "a submission file to show instead; one that no race wrote shows ranks only and needs --data",
+    "data": "competition folder (default: the race's); needed for a submission file that no race wrote",
+    "queries": "how many queries (one row each)",
+    "validation": "the validation split instead of the test set: labels known, hits framed green and misses red",
+    "worst": "the validation queries whose first hit ranks lowest (implies --validation)",
+    "out": "PNG file to write (default: reports/<run>-<split>[-worst]-<N>.png)",
+    "workers": "DataLoader worker processes, for images not in the embedding cache",
+    "leaderboard": LEADERBOARD_HELP,
+})
+def show(c, run=None, submission=None, data=None, queries=8, validation=False, worst=False, out=None, workers=None,
+         leaderboard=None):
+    """A picture of what a run returns: each query beside its top-10, with rank and similarity; hits and misses
+    marked on validation."""
+    from toolkit.console import console
+    from toolkit.replay import ReplayError, replay_run, submission_rankings
+    from toolkit.report import REPORTS, grid_file_name, rankings_grid
+
+    run_id = _number(run, "--run")
+    if run_id is not None and submission is not None:
+        raise _fail("pass --run ID or --submission FILE, not both")
+    split = "validation" if validation or worst else "test"
+    with _open_leaderboard(leaderboard) as board:
+        try:
+            rankings, record = None, None
+            if submission is not None:
+                path = Path(submission)
+                if not path.is_file():
+                    raise _fail(f"{escape(submission)}: no such submission file")
+                record = board.run_for_file(path)
+                if record is None or record.race_id is None or record.status != "finished":
+                    if split == "validation":
+                        raise _fail(f"{escape(path.name)} was not written by a race of {board.path}: a submission "
+                                    "file holds test rankings only; --validation and --worst need a run (--run ID)")
+                    rankings = submission_rankings(path, data)
+            elif run_id is not None:
+                record = board.run(run_id)
+                if record is None:
+                    raise _fail(f"no run {run_id} in {board.path}; invoke leaderboard --all lists the runs")
+            else:
+                record = board.best_run()
+                if record is None:
+                    raise _fail(f"no finished run in the latest race of {board.path}; pass --run ID or "
+                                "--submission FILE --data PATH")
+            if rankings is None:
+                rankings = replay_run(board, record, (split,), data=data, show_progress=True,
+                                      num_workers=int(workers) if workers is not None else None)[split]
+            image = rankings_grid(rankings, int(queries), worst)
+        except ReplayError as error:
+            raise _fail(escape(str(error))) from None
+    target = Path(out) if out else REPORTS / grid_file_name(rankings, int(queries), worst)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    image.save(target)
+    console.print(f"wrote {escape(str(target))}: {escape(rankings.title)}, {rankings.split} split, "
+                  f"{min(int(queries), len(rankings.query_paths))} queries ({image.width}x{image.height})", soft_wrap=True)
+
+
+@task(help={
+    "race": "the race to report (default: the latest)",
+    "out": "HTML file to write (default: reports/race-<id>.html)",
+    "queries": "worst validation queries shown for the best run",
+    "test-queries": "test queries shown for the best run",
+    "workers": "DataLoader worker processes, for images not in the embedding cache",
+    "leaderboard": LEADERBOARD_HELP,
+})
+def report(c, race=None, out=None, queries=8, test_queries=4, workers=None, leaderboard=None):
+    """One self-contained HTML page of a race: leaderboard, validation score and time per strategy, validation
+    against the server, and the best run's retrieval grids. Opens offline."""
+    from toolkit.console import console
+    from toolkit.report import ReportError, write_report
+
+    race_id = _number(race, "--race")
+    with _open_leaderboard(leaderboard) as board:
+        try:
+            path = write_report(board, race_id, out=out, queries=int(queries), test_queries=int(test_queries),
+                                num_workers=int(workers) if workers is not None else None, show_progress=True)
+        except ReportError as error:
+            raise _fail(escape(str(error))) from None
+    console.print(f"wrote {escape(str(path))} (open it in a browser; it needs no network)", soft_wrap=True)

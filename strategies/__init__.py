@@ -79,7 +79,7 @@ def parse_strategy_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 # Importing the families registers them.
-from strategies import clip_zs, cnn_zs, face_zs  # noqa: E402,F401
+from strategies import adapter, clip_ft, clip_zs, cnn_zs, face_zs, finetune  # noqa: E402,F401
 
 __all__ = ["Encoder", "Strategy", "WeightsStatus", "WeightsUnavailable", "create_strategy",
            "parse_strategy_specs", "register", "strategy_class", "strategy_names"]
