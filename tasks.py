@@ -28,6 +28,7 @@ from toolkit.cpu_memory import keep_freed_memory_for_reuse
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
 PROJECT = Path(__file__).resolve().parent
 OFFLINE_STRATEGIES = "face-zs,cnn-zs"
+DEFAULT_STRATEGIES = "face-zs,adapter,cnn-zs,clip-zs"   # zero-shot first; the race orders them anyway
 
 
 def _fail(message: str) -> Exit:
@@ -94,19 +95,20 @@ def _interrupted(best_submission: Path | None) -> Exit:
     "rerank": "try query expansion, DBA, k-reciprocal and dual-softmax re-ranking on validation and keep what wins "
               "(--no-rerank: plain nearest neighbours)",
     "workers": "DataLoader worker processes for decoding (default: half the cores)",
-    "gallery-pattern": "filename glob marking stylised training images (e.g. '*_s.*'): they take the gallery role in validation",
+    "gallery-pattern": "filename glob marking stylised training images (e.g. '*_s.*'): they take the gallery role in "
+                       "validation, as in the test; 'auto' (default) detects a marker in the names, 'none' draws roles at random",
     "held-out": "fraction of training identities held out for validation",
     "submissions": "folder the submission files are written to",
     "leaderboard": "leaderboard file the race is recorded in (default: the setting `leaderboard`, leaderboard.db)",
 })
-def race(c, data, strategies="face-zs,cnn-zs,clip-zs", budget=None, seed=0, flip="auto", workers=None,
-         gallery_pattern=None, held_out=0.2, submissions="submissions", rerank=True, leaderboard=None):
+def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed=0, flip="auto", workers=None,
+         gallery_pattern="auto", held_out=0.2, submissions="submissions", rerank=True, leaderboard=None):
     """Race strategies on a competition folder; write each one's submission and show validation scores."""
     flip_choices = {"auto": None, "on": True, "off": False}
     if flip not in flip_choices:
         raise _fail(f"--flip takes auto, on or off, not {flip!r}")
     _race(data, strategies, budget, int(seed), flip_choices[flip], int(workers) if workers is not None else None,
-          gallery_pattern, float(held_out), submissions, rerank, leaderboard)
+          None if gallery_pattern == "none" else gallery_pattern, float(held_out), submissions, rerank, leaderboard)
 
 
 @task(help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})

@@ -207,7 +207,8 @@ class Adapter(Strategy):
         items = [item for item, ok in zip(training, readable) if ok]
         vector_of = {id(item): vector for item, vector, ok in zip(training, embedded.vectors, readable) if ok}
         split = make_validation_split(items, held_out_fraction=float(settings["held_out_fraction"]),
-                                      seed=int(settings["seed"]), gallery_pattern=settings["gallery_pattern"])
+                                      seed=int(settings["seed"]),
+                                      gallery_pattern=settings["gallery_pattern"] or self.validation_gallery_pattern)
 
         def stack(part):
             return torch.from_numpy(np.stack([vector_of[id(item)] for item in part]).astype(np.float32))

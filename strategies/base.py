@@ -177,6 +177,10 @@ class Strategy(ABC):
     # Set by the race before estimate()/fit(): the embed_images options it uses (cache_dir,
     # num_workers, show_progress), so a strategy that embeds images itself shares the cache.
     embed_options: dict = {}
+    # Set by the race: the filename glob that gives training files the gallery role in validation
+    # (e.g. "*_s.*" for stylised renderings), so a trained strategy's inner validation has the
+    # race's (and the test's) query/gallery roles. None: roles drawn at random.
+    validation_gallery_pattern: str | None = None
 
     def estimate_seconds(self, n_images: int) -> float:
         """Rough wall-clock cost of embedding n_images on this machine, from nominal speed."""

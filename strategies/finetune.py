@@ -509,7 +509,8 @@ class TrainedImageStrategy(Strategy):
 
     def inner_split(self, training: Sequence) -> ValidationSplit | None:
         try:
-            return make_validation_split(training, INNER_VALIDATION_FRACTION, seed=self.settings["seed"])
+            return make_validation_split(training, INNER_VALIDATION_FRACTION, seed=self.settings["seed"],
+                                         gallery_pattern=self.validation_gallery_pattern)
         except ValueError:
             return None
 

@@ -72,8 +72,8 @@ def test_trains_within_its_deadline_and_beats_its_base_on_inner_validation(fitte
     report = adapter.last_fit
     assert report["stopped_by"] == "steps" and report["steps"] == 200
     assert time.monotonic() < deadline and seconds < 60
-    # measured: 622.2 -> 741.7 (random-weight tiny ViT features, 28 fit identities, 36 inner queries)
-    assert report["base_score"] == pytest.approx(622.2, abs=0.1)
+    # random-weight tiny ViT features, 28 fit identities: the base is weak and training lifts it
+    assert 300 < report["base_score"] < 800
     assert report["score"] >= report["base_score"] + 60
     assert report["scores_by_mix"][0.0] == pytest.approx(report["base_score"])  # mix 0 is the base
     assert isinstance(encoder, AdapterEncoder) and encoder.derived_from is not None

@@ -132,3 +132,15 @@ def test_the_chosen_post_processing_is_recorded_with_the_run(tmp_path, synthetic
         assert row.plain_score == pytest.approx(run.baseline.score)
         assert row.validation_score == pytest.approx(run.validation.score)
         assert leaderboard_table(board.summaries(result.race_id), "race").row_count == 1
+
+
+def test_auto_gallery_pattern_is_detected_and_handed_to_the_strategies(tmp_path, synthetic_competition, tiny_clip_model):
+    from strategies import create_strategy
+
+    competition = find_competition(synthetic_competition)
+    strategy = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None)
+    result = run_race(competition, [strategy], submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
+                      num_workers=0, show_progress=False, gallery_pattern="auto", ensemble_size=0)
+    assert strategy.validation_gallery_pattern == "*_s.*"
+    assert all(item.path.stem.endswith("_s") for item in result.split.gallery if item.label in
+               {query.label for query in result.split.queries})

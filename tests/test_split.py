@@ -59,3 +59,19 @@ def test_bad_inputs_say_what_is_wrong():
         make_validation_split(_training({"a": 1, "b": 1}))
     with pytest.raises(ValueError, match="between 0 and 1"):
         make_validation_split(TRAINING, held_out_fraction=1.5)
+
+
+def test_detects_the_stylised_marker_in_file_names():
+    from toolkit.split import detect_gallery_pattern
+
+    assert detect_gallery_pattern(_training({f"id{n}": 4 for n in range(10)}, stylised=True)) == "*_s.*"
+    assert detect_gallery_pattern(_training({f"id{n}": 4 for n in range(10)})) is None  # numbers only
+    marked_everywhere = [LabelledImage(Path(f"/t/a/a_{n}_x.jpg"), "a") for n in range(6)]
+    assert detect_gallery_pattern(marked_everywhere) is None  # on every file: marks nothing
+
+
+def test_detection_on_the_generated_competition(synthetic_competition):
+    from toolkit.dataset import find_competition
+    from toolkit.split import detect_gallery_pattern
+
+    assert detect_gallery_pattern(find_competition(synthetic_competition).training) == "*_s.*"

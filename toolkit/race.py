@@ -40,7 +40,7 @@ from toolkit.leaderboard import Leaderboard, RaceRecorder
 from toolkit.live import RaceView, race_table  # noqa: F401 (race_table: the results table, shown by tasks)
 from toolkit.metrics import RetrievalScore
 from toolkit.rerank import PostProcessing, PostProcessingChoice, choose_post_processing, ranked_indices, recipe
-from toolkit.split import ValidationSplit, make_validation_split
+from toolkit.split import ValidationSplit, detect_gallery_pattern, make_validation_split
 from toolkit.submission import (RESULTS_PER_QUERY, build_submission, load_submission, save_submission,
                                 validate_submission)
 
@@ -158,6 +158,11 @@ def run_race(data: CompetitionData, specs: Sequence[tuple[str, dict[str, Any]] |
     run as it ends. Ctrl-C raises RaceInterrupted after writing the best so far."""
     entries = [_entry(spec) for spec in specs]          # a bad option fails here, before anything runs
     budget = Budget(budget_seconds)
+    if gallery_pattern == "auto":
+        gallery_pattern = detect_gallery_pattern(data.training)
+        console.print(f"validation roles: {f'training files matching {gallery_pattern} take the gallery role (detected)' if gallery_pattern else 'drawn at random (no stylised-file marker detected)'}")
+    for strategy, _ in entries:
+        strategy.validation_gallery_pattern = gallery_pattern
     split = make_validation_split(data.training, held_out_fraction=held_out_fraction, seed=seed,
                                   gallery_pattern=gallery_pattern)
     console.print(f"validation split: {len(split.held_out_identities)} held-out identities, "

@@ -28,6 +28,36 @@ class ValidationSplit:
         return {item.label for item in self.queries} | {item.label for item in self.gallery}
 
 
+def detect_gallery_pattern(training: Sequence[LabelledImage]) -> str | None:
+    """A filename glob marking the stylised renderings in training/, when the names carry one.
+
+    Looks at the last "_"- or "-"-separated token of each file's stem (e.g. the "s" of
+    Jay_Garner_000_s.jpg): a non-numeric token on 20-80% of the files, present in most identities
+    that have two or more images, becomes "*_s.*". None when no such marker stands out.
+    """
+    by_identity: dict[str, list[str]] = {}
+    for item in training:
+        by_identity.setdefault(item.label, []).append(item.path.stem)
+    counts: dict[tuple[str, str], int] = {}
+    identities_with: dict[tuple[str, str], set[str]] = {}
+    for label, stems in by_identity.items():
+        for stem in stems:
+            for separator in ("_", "-"):
+                head, found, token = stem.rpartition(separator)
+                if found and head and token and not token.isdigit() and token != label:
+                    counts[(separator, token)] = counts.get((separator, token), 0) + 1
+                    identities_with.setdefault((separator, token), set()).add(label)
+    total = len(training)
+    multi = [label for label, stems in by_identity.items() if len(stems) >= 2]
+    candidates = [(count, key) for key, count in counts.items()
+                  if 0.2 * total <= count <= 0.8 * total
+                  and len(identities_with[key] & set(multi)) >= 0.5 * max(1, len(multi))]
+    if not candidates:
+        return None
+    _, (separator, token) = max(candidates)
+    return f"*{separator}{token}.*"
+
+
 def make_validation_split(training: Sequence[LabelledImage], held_out_fraction: float = 0.2,
                           seed: int = 0, query_fraction: float = 0.5,
                           gallery_pattern: str | None = None) -> ValidationSplit:

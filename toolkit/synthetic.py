@@ -14,6 +14,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageOps
 
 STYLES = ("cartoon", "sketch", "watercolour", "paint", "pop-art")
@@ -70,8 +71,10 @@ def draw_person(person: Person, rng: random.Random, size: int = 128) -> Image.Im
     image = image.rotate(rng.uniform(-12, 12), resample=Image.BILINEAR, fillcolor=person.background)
     image = image.resize((size, size), Image.LANCZOS)
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(0.7, 1.3))
-    noise = Image.effect_noise((size, size), rng.uniform(5, 25)).convert("RGB")
-    return Image.blend(image, noise, 0.08)
+    # numpy noise from the seeded generator (PIL's effect_noise draws from C's unseeded rand())
+    noise = np.random.default_rng(rng.getrandbits(32)).normal(128, rng.uniform(5, 25), (size, size))
+    noise_image = Image.fromarray(np.clip(noise, 0, 255).astype(np.uint8)).convert("RGB")
+    return Image.blend(image, noise_image, 0.08)
 
 
 def stylise(image: Image.Image, style: str) -> Image.Image:
