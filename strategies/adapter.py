@@ -186,11 +186,30 @@ class Adapter(Strategy):
         status = self.base_strategy().weights_status()
         return WeightsStatus(status.available_offline, f"base {self.base_name}: {status.detail}")
 
+    def _base_cost(self, paths: Sequence) -> float:
+        """The base's cost of embedding those of `paths` that are not in its cache yet."""
+        from toolkit.embed import uncached_paths
+
+        base = self.base_strategy()
+        if getattr(self, "_base_encoder", None) is None:
+            self._base_encoder = base.fit([])
+        missing = uncached_paths(self._base_encoder, paths, cache_dir=self.embed_options.get("cache_dir"))
+        return base.estimate_seconds(len(missing))
+
     def estimate(self, training: Sequence, n_images: int) -> float:
-        """The base's cost of embedding the training images and n_images, plus the training steps
-        (cheap: the inputs are cached vectors). Cached images are counted as if they were not."""
-        steps = int(self.settings["steps"])
-        return self.base_strategy().estimate(training, len(training) + n_images) + SECONDS_PER_STEP_CPU * steps + 2.0
+        """The base's cost of embedding the training images and the race's pending images (those
+        already in the base's cache cost nothing), plus the training steps (cheap: the inputs are
+        cached vectors). Without pending paths from the race: n_images, all counted."""
+        steps_cost = SECONDS_PER_STEP_CPU * int(self.settings["steps"]) + 2.0
+        if not self.pending_images:
+            return self.base_strategy().estimate(training, len(training) + n_images) + steps_cost
+        return self._base_cost([item.path for item in training] + list(self.pending_images)) + steps_cost
+
+    def estimate_seconds(self, n_images: int) -> float:
+        """Embedding after the fit is the base's embedding (projected): only uncached images cost."""
+        if self.pending_images:
+            return self._base_cost(list(self.pending_images))
+        return self.base_strategy().estimate_seconds(n_images)
 
     def fit(self, training: Sequence, deadline: float | None = None) -> AdapterEncoder:
         from toolkit.embed import embed_images

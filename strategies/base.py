@@ -181,6 +181,9 @@ class Strategy(ABC):
     # (e.g. "*_s.*" for stylised renderings), so a trained strategy's inner validation has the
     # race's (and the test's) query/gallery roles. None: roles drawn at random.
     validation_gallery_pattern: str | None = None
+    # Set by the race before estimate()/fit(): the images it will embed after fitting (validation
+    # and test), so an estimate can leave out those already in the embedding cache.
+    pending_images: Sequence = ()
 
     def estimate_seconds(self, n_images: int) -> float:
         """Rough wall-clock cost of embedding n_images on this machine, from nominal speed."""

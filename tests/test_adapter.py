@@ -166,3 +166,15 @@ def test_derived_embeddings_keep_the_base_problems(fitted, competition, cache_di
                           show_progress=False)
     assert list(result.problems) == [1] and result.vectors.shape == (2, 32)
     assert result.readable_mask.tolist() == [True, False]
+
+
+def test_estimate_leaves_out_what_the_base_has_cached(base, competition, tmp_path):
+    cache_dir = tmp_path / "fresh-cache"
+    adapter = make_adapter(base, cache_dir, steps=10)
+    adapter.pending_images = list(competition.queries) + list(competition.gallery)
+    cold = adapter.estimate(competition.training, len(adapter.pending_images))
+    from toolkit.embed import embed_images
+    embed_images(adapter._base_encoder, adapter.pending_images, cache_dir=cache_dir, num_workers=0, show_progress=False)
+    warm = adapter.estimate(competition.training, len(adapter.pending_images))
+    assert warm < cold
+    assert adapter.estimate_seconds(len(adapter.pending_images)) == 0.0

@@ -142,6 +142,14 @@ def default_workers() -> int:
     return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
+def uncached_paths(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
+                   flip_tta: bool = False) -> list[Path]:
+    """The paths whose embeddings are not in the cache yet (a derived encoder's live in its base's)."""
+    encoder = getattr(encoder, "derived_from", None) or encoder
+    cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
+    return [Path(path) for path in paths if not Path(path).is_file() or cache.get(file_digest(Path(path))) is None]
+
+
 def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
                  flip_tta: bool = False, num_workers: int | None = None,
                  description: str = "embedding", show_progress: bool = True) -> Embeddings:

@@ -236,6 +236,7 @@ class _Race:
     def estimate(self, strategy: Strategy, run: StrategyRun) -> None:
         """run.estimate from the strategy (a probe for a trained one; none needed without a budget)."""
         strategy.embed_options = dict(self.embed_options)
+        strategy.pending_images = self.validation_paths + self.test_paths
         if strategy.trains and not self.budget.limited:
             return
         run.status = "estimating"
@@ -249,6 +250,10 @@ class _Race:
             self.end_run(run, "failed", "estimate failed: " + _failure(error, run.label))
 
     def race_strategy(self, strategy: Strategy, run: StrategyRun) -> None:
+        if self.budget.limited and strategy.trains:
+            self.estimate(strategy, run)   # again: what earlier strategies cached is now cheap
+            if run.status != "queued":
+                return
         left = self.budget.left()
         if run.estimate is not None and run.estimate > left:
             self.end_run(run, "skipped", f"estimated {run.estimate:.0f}s, {max(left, 0):.0f}s left")
