@@ -174,7 +174,7 @@ class FaceZeroShot(Strategy):
 
     name = "face-zs"
     summary = "dlib HOG face detector + 5-point alignment + 128-D ResNet descriptor (zero-shot)"
-    images_per_second_cpu = 8.0
+    images_per_second_cpu = 14.0   # measured: 14 img/s in one process, 17.5 in the race with a decoding worker
 
     DEFAULTS = {"upsample": 0, "fallback": 0.45, "fallback_dy": 0.0, "num_jitters": 0,
                 "batch_size": 32}
