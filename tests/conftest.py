@@ -45,3 +45,15 @@ def tiny_clip_model(tmp_path_factory) -> str:
     (folder / f"{TINY_CLIP}.json").write_text(json.dumps(config))
     open_clip.add_model_config(folder / f"{TINY_CLIP}.json")
     return TINY_CLIP
+
+
+@pytest.fixture
+def one_torch_thread():
+    """One intra-op torch thread, restored afterwards: on a busy two-core machine OpenMP's spinning
+    threads make small convolutions tens of times slower; the numbers do not depend on the count."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -12,12 +12,8 @@ from toolkit.images import load_rgb
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread (see test_finetune): restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

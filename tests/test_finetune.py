@@ -18,13 +18,8 @@ TINY = dict(backbone="cnn:efficientnet_lite0", pretrained=False, image_size=64, 
 
 
 @pytest.fixture(autouse=True)
-def one_torch_thread():
-    """One intra-op thread: on a busy two-core machine OpenMP's spinning threads make small convolutions
-    tens of times slower; restored afterwards."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
+def _one_torch_thread(one_torch_thread):
     yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
