@@ -26,6 +26,14 @@ def synthetic_competition(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def training(synthetic_competition):
+    """The generated competition's labelled training images."""
+    from toolkit.dataset import find_competition
+
+    return find_competition(synthetic_competition).training
+
+
+@pytest.fixture(scope="session")
 def mini_benchmark() -> Path:
     path = BENCHMARKS / "lfw-style-mini"
     if not (path / "answers.json").is_file():

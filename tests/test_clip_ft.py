@@ -7,18 +7,12 @@ import torch
 
 from strategies import create_strategy
 from strategies.clip_ft import WISE_RATIOS, interpolate, parse_ratios
-from toolkit.dataset import find_competition
 from toolkit.images import load_rgb
 
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread(one_torch_thread):
     yield
-
-
-@pytest.fixture(scope="module")
-def training(synthetic_competition):
-    return find_competition(synthetic_competition).training
 
 
 @pytest.fixture

@@ -22,11 +22,6 @@ def _one_torch_thread(one_torch_thread):
     yield
 
 
-@pytest.fixture(scope="module")
-def training(synthetic_competition):
-    return find_competition(synthetic_competition).training
-
-
 def embed(encoder, paths):
     return encoder.encode(encoder.collate([encoder.preprocess(load_rgb(path)) for path in paths]))
 
