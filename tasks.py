@@ -16,7 +16,6 @@
 """
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 
@@ -117,17 +116,13 @@ def score(c, submission, answers):
     from rich.table import Table
 
     from toolkit.console import console
-    from toolkit.metrics import AnswersError, score_submission
+    from toolkit.metrics import AnswersError, load_answers, score_submission
     from toolkit.submission import SubmissionError, load_submission
 
     try:
         entries = load_submission(Path(submission))
-        truth = json.loads(Path(answers).read_text())
+        truth = load_answers(answers)
         result = score_submission(entries, truth)
-    except FileNotFoundError:
-        raise _fail(f"{answers}: no such answers file") from None
-    except json.JSONDecodeError as error:
-        raise _fail(f"{answers}: not valid JSON ({error})") from None
     except (SubmissionError, AnswersError) as error:
         raise _fail(str(error)) from None
     table = Table(title=str(submission))
@@ -163,7 +158,7 @@ def strategies(c):
 def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     """Generate a small competition of drawn faces, race the offline strategies on it, score the best."""
     from toolkit.console import console
-    from toolkit.metrics import score_submission
+    from toolkit.metrics import load_answers, score_submission
     from toolkit.submission import load_submission
     from toolkit.synthetic import make_synthetic_competition
 
@@ -172,7 +167,7 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
         console.print(f"generating a demo competition in {root}")
         make_synthetic_competition(root)
     result = _race(str(root), strategies, None, 0, None, None, "*_s.*", 0.3, "submissions")
-    truth = json.loads((root / "answers.json").read_text())
+    truth = load_answers(root / "answers.json")
     for run in result.runs:
         if run.submission:
             test_score = score_submission(load_submission(run.submission), truth)

@@ -8,7 +8,9 @@ validation ranking and for a submission file.
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
@@ -86,6 +88,22 @@ def score_rankings(ranked_labels: Sequence[Sequence], query_labels: Sequence,
 
 class AnswersError(ValueError):
     """The answers file does not describe the submission's queries."""
+
+
+def load_answers(path: str | Path) -> dict:
+    """Read and check an answers file {"query": {file: identity}, "gallery": {file: identity}}."""
+    path = Path(path)
+    if not path.is_file():
+        raise AnswersError(f"{path}: no such answers file")
+    try:
+        answers = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise AnswersError(f"{path}: not valid JSON ({error})") from None
+    if not (isinstance(answers, dict) and isinstance(answers.get("query"), dict)
+            and isinstance(answers.get("gallery"), dict) and answers["query"] and answers["gallery"]):
+        raise AnswersError(f'{path}: answers must be {{"query": {{file: identity}}, "gallery": {{file: identity}}}}, '
+                           "both non-empty")
+    return answers
 
 
 def score_submission(submission: Mapping[str, Sequence[str]], answers: Mapping) -> RetrievalScore:

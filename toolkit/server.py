@@ -28,7 +28,7 @@ from typing import Callable, Mapping
 import requests
 
 from toolkit.leaderboard import Leaderboard, ServerSubmission
-from toolkit.metrics import AnswersError, score_submission
+from toolkit.metrics import AnswersError, load_answers, score_submission  # noqa: F401 (load_answers re-exported)
 from toolkit.submission import SubmissionError, validate_submission
 
 DEFAULT_TIMEOUT = 30.0           # seconds to wait for the server's answer
@@ -143,22 +143,6 @@ def send_and_record(leaderboard: Leaderboard, run_id: int, url: str, group: str,
 
 
 # --- the reference scorer -----------------------------------------------------------------------
-
-
-def load_answers(path: str | Path) -> dict:
-    """Read and check an answers file {"query": {file: identity}, "gallery": {file: identity}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnswersError(f"{path}: no such answers file")
-    try:
-        answers = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AnswersError(f"{path}: not valid JSON ({error})") from None
-    if not (isinstance(answers, dict) and isinstance(answers.get("query"), dict)
-            and isinstance(answers.get("gallery"), dict) and answers["query"] and answers["gallery"]):
-        raise AnswersError(f'{path}: answers must be {{"query": {{file: identity}}, "gallery": {{file: identity}}}}, '
-                           "both non-empty")
-    return answers
 
 
 class RequestRejected(ValueError):
