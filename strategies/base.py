@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import time
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Any, ClassVar, Sequence
@@ -199,7 +198,3 @@ class Strategy(ABC):
     def fit(self, training: Sequence, deadline: float | None = None) -> Encoder:
         """An Encoder for this competition; `training` is a list of dataset.LabelledImage and
         `deadline` a time.monotonic() value that a training loop must stop at."""
-
-
-def seconds_left(deadline: float | None) -> float:
-    return float("inf") if deadline is None else deadline - time.monotonic()
