@@ -22,7 +22,7 @@ from pathlib import Path
 from invoke import Exit, task
 from rich.markup import escape
 
-from toolkit.cpu_memory import keep_freed_memory_for_reuse
+from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
 
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
 PROJECT = Path(__file__).resolve().parent
@@ -31,7 +31,7 @@ DEFAULT_STRATEGIES = "face-zs,adapter,cnn-zs,clip-zs"   # zero-shot first; the r
 
 
 def _fail(message: str) -> Exit:
-    from toolkit.console import console
+    from toolkit.machine.console import console
     console.print(f"[red]error:[/red] {message}", soft_wrap=True)
     return Exit(code=1)
 
@@ -40,9 +40,9 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
           gallery_pattern: str | None, held_out: float, submissions: str, rerank: bool = True,
           leaderboard: str | None = None):
     from strategies import parse_strategy_specs
-    from toolkit.console import console, warn
-    from toolkit.dataset import LayoutError, describe, find_competition
-    from toolkit.race import RaceInterrupted, parse_duration, race_table, run_race
+    from toolkit.machine.console import console, warn
+    from toolkit.data.dataset import LayoutError, describe, find_competition
+    from toolkit.race.runner import RaceInterrupted, parse_duration, race_table, run_race
 
     try:
         specs = parse_strategy_specs(strategies)
@@ -79,7 +79,7 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
 
 def _interrupted(best_submission: Path | None) -> Exit:
     """Ctrl-C during a race: say what was kept; exit code 130, as a shell does for SIGINT."""
-    from toolkit.console import console
+    from toolkit.machine.console import console
     kept = f"best so far written to {best_submission}" if best_submission else "no strategy had finished; nothing written"
     console.print(f"[yellow]interrupted:[/yellow] {escape(kept)}", soft_wrap=True)
     return Exit(code=130)
@@ -115,9 +115,9 @@ def score(c, submission, answers):
     """Competition score of a submission file (600*Top1 + 300*Top5 + 100*Top10), with Top-k and mAP@10."""
     from rich.table import Table
 
-    from toolkit.console import console
-    from toolkit.metrics import AnswersError, load_answers, score_submission
-    from toolkit.submission import SubmissionError, load_submission
+    from toolkit.machine.console import console
+    from toolkit.retrieval.metrics import AnswersError, load_answers, score_submission
+    from toolkit.submit.submission import SubmissionError, load_submission
 
     try:
         entries = load_submission(Path(submission))
@@ -142,7 +142,7 @@ def strategies(c):
     from rich.table import Table
 
     from strategies import create_strategy, strategy_class, strategy_names
-    from toolkit.console import console
+    from toolkit.machine.console import console
 
     table = Table(title="strategies")
     for column in ("name", "what it does", "weights offline", "detail"):
@@ -157,10 +157,10 @@ def strategies(c):
 @task(help={"data": "where the generated demo competition is written", "strategies": "strategies to race"})
 def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     """Generate a small competition of drawn faces, race the offline strategies on it, score the best."""
-    from toolkit.console import console
-    from toolkit.metrics import load_answers, score_submission
-    from toolkit.submission import load_submission
-    from toolkit.synthetic import make_synthetic_competition
+    from toolkit.machine.console import console
+    from toolkit.retrieval.metrics import load_answers, score_submission
+    from toolkit.submit.submission import load_submission
+    from toolkit.data.synthetic import make_synthetic_competition
 
     root = Path(data)
     if not (root / "answers.json").is_file():
@@ -185,9 +185,9 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
 def download(c, url, to=None, sha256=None):
     """Download a competition archive (resumable), check it and unpack it safely; a finished one is not repeated."""
 
-    from toolkit.console import console, warn
-    from toolkit.dataset import describe
-    from toolkit.download import DownloadError, download as download_archive
+    from toolkit.machine.console import console, warn
+    from toolkit.data.dataset import describe
+    from toolkit.data.download import DownloadError, download as download_archive
 
     try:
         result = download_archive(url, to=to, sha256=sha256)
@@ -215,8 +215,8 @@ def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
     """Download the weights the named strategies need into the usual caches, so the race runs offline."""
 
     from strategies import parse_strategy_specs
-    from toolkit.console import console
-    from toolkit.prefetch import prefetch_weights
+    from toolkit.machine.console import console
+    from toolkit.machine.prefetch import prefetch_weights
 
     try:
         specs = parse_strategy_specs(strategies)
@@ -236,8 +236,8 @@ def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
 def doctor(c, data="data", strategies=None):
     """What this machine can do: Python/torch, GPU, CPU/RAM, weights on disk, free disk, data, server."""
     from strategies import parse_strategy_specs
-    from toolkit.console import console
-    from toolkit.doctor import doctor_table, run_doctor
+    from toolkit.machine.console import console
+    from toolkit.machine.doctor import doctor_table, run_doctor
 
     try:
         specs = parse_strategy_specs(strategies) if strategies else None
@@ -257,7 +257,7 @@ def test(c, k=None):
 
 
 def _settings(**overrides):
-    from toolkit.settings import SettingsError, load_settings
+    from toolkit.machine.settings import SettingsError, load_settings
     try:
         return load_settings(PROJECT, **overrides)
     except SettingsError as error:
@@ -273,7 +273,7 @@ def _leaderboard_file(option: str | None) -> Path:
 
 
 def _open_leaderboard(option: str | None):
-    from toolkit.leaderboard import Leaderboard, LeaderboardError
+    from toolkit.records.leaderboard import Leaderboard, LeaderboardError
     try:
         return Leaderboard(_leaderboard_file(option))
     except LeaderboardError as error:
@@ -295,8 +295,8 @@ LEADERBOARD_HELP = "leaderboard file (default: the setting `leaderboard`, leader
             "leaderboard": LEADERBOARD_HELP})
 def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all)
     """Runs best first: validation score beside the server's score, timings, submission files."""
-    from toolkit.console import console
-    from toolkit.leaderboard import leaderboard_table, race_title
+    from toolkit.machine.console import console
+    from toolkit.records.leaderboard import leaderboard_table, race_title
 
     race_id = _number(race, "--race")
     with _open_leaderboard(leaderboard) as board:
@@ -328,10 +328,10 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
            leaderboard=None):
     """Send a submission to the competition server; the attempt and the server's score are recorded beside the run."""
 
-    from toolkit.console import console
-    from toolkit.sending import NothingToSend, check_before_sending, submission_source
-    from toolkit.server import ServerError, send_and_record
-    from toolkit.submission import SubmissionError, load_submission
+    from toolkit.machine.console import console
+    from toolkit.submit.sending import NothingToSend, check_before_sending, submission_source
+    from toolkit.submit.server import ServerError, send_and_record
+    from toolkit.submit.submission import SubmissionError, load_submission
 
     run_id = _number(run, "--run")
     if (file is not None) + bool(best) + (run_id is not None) != 1:
@@ -378,9 +378,9 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
 def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
     """A local reference scorer: the course server's protocol, scored with the competition formula."""
 
-    from toolkit.console import console
-    from toolkit.metrics import AnswersError
-    from toolkit.server import ReferenceScorer, load_answers
+    from toolkit.machine.console import console
+    from toolkit.retrieval.metrics import AnswersError
+    from toolkit.submit.server import ReferenceScorer, load_answers
 
     try:
         truth = load_answers(answers)
@@ -418,9 +418,9 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
          leaderboard=None):
     """A picture of what a run returns: each query beside its top-10, with rank and similarity; hits and misses
     marked on validation."""
-    from toolkit.console import console
-    from toolkit.replay import ReplayError, replay_run, submission_rankings
-    from toolkit.report import REPORTS, grid_file_name, rankings_grid
+    from toolkit.machine.console import console
+    from toolkit.pictures.replay import ReplayError, replay_run, submission_rankings
+    from toolkit.pictures.report import REPORTS, grid_file_name, rankings_grid
 
     run_id = _number(run, "--run")
     if run_id is not None and submission is not None:
@@ -472,8 +472,8 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
 def report(c, race=None, out=None, queries=8, test_queries=4, workers=None, leaderboard=None):
     """One self-contained HTML page of a race: leaderboard, validation score and time per strategy, validation
     against the server, and the best run's retrieval grids. Opens offline."""
-    from toolkit.console import console
-    from toolkit.report import ReportError, write_report
+    from toolkit.machine.console import console
+    from toolkit.pictures.report import ReportError, write_report
 
     race_id = _number(race, "--race")
     with _open_leaderboard(leaderboard) as board:

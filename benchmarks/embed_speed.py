@@ -20,14 +20,14 @@ from pathlib import Path
 PROJECT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(PROJECT))
 
-from toolkit.cpu_memory import keep_freed_memory_for_reuse  # noqa: E402
+from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse  # noqa: E402
 
 TUNED = keep_freed_memory_for_reuse()  # as `invoke race` does; both measurements below share it
 
 from strategies import create_strategy, parse_strategy_specs  # noqa: E402
-from toolkit.dataset import find_competition  # noqa: E402
-from toolkit.embed import embed_images  # noqa: E402
-from toolkit.images import load_rgb  # noqa: E402
+from toolkit.data.dataset import find_competition  # noqa: E402
+from toolkit.retrieval.embed import embed_images  # noqa: E402
+from toolkit.data.images import load_rgb  # noqa: E402
 
 
 def main() -> None:

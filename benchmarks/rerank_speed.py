@@ -18,7 +18,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from strategies.base import l2_normalise  # noqa: E402
-from toolkit.rerank import k_reciprocal_distance  # noqa: E402
+from toolkit.retrieval.rerank import k_reciprocal_distance  # noqa: E402
 
 
 def clustered(rng, rows, centres):

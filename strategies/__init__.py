@@ -79,7 +79,8 @@ def parse_strategy_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 # Importing the families registers them.
-from strategies import adapter, clip_ft, clip_zs, cnn_zs, face_zs, finetune  # noqa: E402,F401
+from strategies.trained import adapter, clip_ft, finetune
+from strategies.zero_shot import clip_zs, cnn_zs, face_zs  # noqa: E402,F401
 
 __all__ = ["Encoder", "Strategy", "WeightsStatus", "WeightsUnavailable", "create_strategy",
            "parse_strategy_specs", "register", "strategy_class", "strategy_names"]

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.synthetic import make_synthetic_competition
+from toolkit.data.synthetic import make_synthetic_competition
 
 PROJECT = Path(__file__).resolve().parents[1]
 BENCHMARKS = PROJECT.parent / "shared" / "benchmarks"
@@ -28,7 +28,7 @@ def synthetic_competition(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def training(synthetic_competition):
     """The generated competition's labelled training images."""
-    from toolkit.dataset import find_competition
+    from toolkit.data.dataset import find_competition
 
     return find_competition(synthetic_competition).training
 

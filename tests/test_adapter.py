@@ -11,11 +11,11 @@ import pytest
 import torch
 
 from strategies import create_strategy, strategy_names
-from strategies.adapter import Adapter, AdapterEncoder
-from toolkit.dataset import find_competition
-from toolkit.embed import embed_images
-from toolkit.images import load_rgb
-from toolkit.synthetic import make_synthetic_competition
+from strategies.trained.adapter import Adapter, AdapterEncoder
+from toolkit.data.dataset import find_competition
+from toolkit.retrieval.embed import embed_images
+from toolkit.data.images import load_rgb
+from toolkit.data.synthetic import make_synthetic_competition
 
 
 @pytest.fixture(scope="module")
@@ -144,8 +144,8 @@ def test_same_seed_same_adapter(base, competition, cache_dir, fitted):
 
 
 def test_the_race_runs_an_adapter(base, competition, cache_dir, fitted, tmp_path, monkeypatch):
-    from toolkit.metrics import score_submission
-    from toolkit.race import run_race
+    from toolkit.retrieval.metrics import score_submission
+    from toolkit.race.runner import run_race
 
     monkeypatch.setenv("RETRIEVAL_RACE_CACHE", str(cache_dir.parent))  # if the race leaves embed_options unset
     result = run_race(competition, [("adapter", {**base, "steps": 40, "held_out_fraction": 0.3})],
@@ -173,7 +173,7 @@ def test_estimate_leaves_out_what_the_base_has_cached(base, competition, tmp_pat
     adapter = make_adapter(base, cache_dir, steps=10)
     adapter.pending_images = list(competition.queries) + list(competition.gallery)
     cold = adapter.estimate(competition.training, len(adapter.pending_images))
-    from toolkit.embed import embed_images
+    from toolkit.retrieval.embed import embed_images
     embed_images(adapter._base_encoder, adapter.pending_images, cache_dir=cache_dir, num_workers=0, show_progress=False)
     warm = adapter.estimate(competition.training, len(adapter.pending_images))
     assert warm < cold

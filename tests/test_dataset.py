@@ -1,4 +1,4 @@
-"""Tests for toolkit.dataset: finding the competition layout on disk and reporting what is wrong with it."""
+"""Tests for toolkit.data.dataset: finding the competition layout on disk and reporting what is wrong with it."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from toolkit.dataset import (
+from toolkit.data.dataset import (
     CompetitionData,
     LabelledImage,
     LayoutError,

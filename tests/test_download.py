@@ -1,4 +1,4 @@
-"""toolkit.download against a real HTTP server on loopback: resume, checksum, Drive, safe unpacking."""
+"""toolkit.data.download against a real HTTP server on loopback: resume, checksum, Drive, safe unpacking."""
 from __future__ import annotations
 
 import hashlib
@@ -14,7 +14,7 @@ import pytest
 from tests.archive_server import ArchiveServer
 from tests.test_tasks import invoke
 from toolkit import download as download_module
-from toolkit.download import (MARKER_NAME, DownloadError, UnsafeArchive, download, drive_file_id,
+from toolkit.data.download import (MARKER_NAME, DownloadError, UnsafeArchive, download, drive_file_id,
                               resolve_url, safe_unpack)
 
 FAST = (2.0, 5.0)

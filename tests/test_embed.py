@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from strategies import create_strategy
-from toolkit.embed import EmbeddingCache, embed_images, file_digest
+from toolkit.retrieval.embed import EmbeddingCache, embed_images, file_digest
 
 
 @pytest.fixture(scope="module")

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 
 from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
-from toolkit.dataset import find_competition
-from toolkit.embed import Embeddings, embed_images
-from toolkit.ensemble import ensemble_label, fuse, fuse_embeddings, search_weights, simplex_grid
-from toolkit.images import load_rgb
-from toolkit.leaderboard import Leaderboard
-from toolkit.race import race_table, run_race
-from toolkit.rerank import candidate_recipes, ranked_indices
-from toolkit.submission import build_submission, load_submission, validate_submission
+from toolkit.data.dataset import find_competition
+from toolkit.retrieval.embed import Embeddings, embed_images
+from toolkit.retrieval.ensemble import ensemble_label, fuse, fuse_embeddings, search_weights, simplex_grid
+from toolkit.data.images import load_rgb
+from toolkit.records.leaderboard import Leaderboard
+from toolkit.race.runner import race_table, run_race
+from toolkit.retrieval.rerank import candidate_recipes, ranked_indices
+from toolkit.submit.submission import build_submission, load_submission, validate_submission
 
 
 def _unit_rows(rng, rows, width):

@@ -7,10 +7,10 @@ import torch
 from PIL import Image
 
 from strategies import create_strategy
-from strategies.cnn_zs import CnnZeroShot
-from strategies.finetune import FaceCrop, face_crop_status, parse_backbone, tail_parameter_names
-from toolkit.dataset import find_competition
-from toolkit.images import load_rgb
+from strategies.zero_shot.cnn_zs import CnnZeroShot
+from strategies.trained.finetune import FaceCrop, face_crop_status, parse_backbone, tail_parameter_names
+from toolkit.data.dataset import find_competition
+from toolkit.data.images import load_rgb
 
 # Random-init Lite0 at 64 px with 4 x 2 batches: well under a second a step on two CPU cores.
 TINY = dict(backbone="cnn:efficientnet_lite0", pretrained=False, image_size=64, identities_per_batch=4,

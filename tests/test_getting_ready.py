@@ -16,8 +16,8 @@ from strategies import create_strategy
 from strategies.base import Strategy, WeightsStatus, WeightsUnavailable
 from tests.archive_server import ArchiveServer
 from tests.conftest import PROJECT
-from toolkit.doctor import check_server, run_doctor
-from toolkit.prefetch import prefetch_weights
+from toolkit.machine.doctor import check_server, run_doctor
+from toolkit.machine.prefetch import prefetch_weights
 
 
 def invoke(*arguments, cwd=PROJECT, environment=None, timeout=120):

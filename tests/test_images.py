@@ -1,4 +1,4 @@
-"""Tests for toolkit.images: every supported mode decodes to 8-bit RGB, bad files raise UnreadableImage."""
+"""Tests for toolkit.data.images: every supported mode decodes to 8-bit RGB, bad files raise UnreadableImage."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from toolkit.images import (
+from toolkit.data.images import (
     IMAGE_EXTENSIONS,
     UnreadableImage,
     is_image_name,

@@ -9,9 +9,9 @@ import time
 import pytest
 
 from tests.conftest import PROJECT
-from toolkit.dataset import find_competition
-from toolkit.leaderboard import SCHEMA_VERSION, TABLES, Leaderboard, LeaderboardError, leaderboard_table
-from toolkit.race import run_race
+from toolkit.data.dataset import find_competition
+from toolkit.records.leaderboard import SCHEMA_VERSION, TABLES, Leaderboard, LeaderboardError, leaderboard_table
+from toolkit.race.runner import run_race
 
 
 def _python(code: str, *arguments: str) -> subprocess.Popen:
@@ -29,7 +29,7 @@ def test_rows_written_by_another_process_are_read_back(tmp_path):
     path = tmp_path / "board.db"
     _finish(_python("""
         import sys
-        from toolkit.leaderboard import Leaderboard
+        from toolkit.records.leaderboard import Leaderboard
         with Leaderboard(sys.argv[1]) as board:
             race = board.start_race("/data/comp", "abc123", budget_seconds=1800, options={"seed": 0})
             run = board.add_run(race_id=race.id, name="cnn-zs[image_size=64]", strategy="cnn-zs",
@@ -53,7 +53,7 @@ def test_two_processes_writing_at_once_lose_no_rows(tmp_path):
     path = tmp_path / "board.db"
     writer = """
         import sys, time
-        from toolkit.leaderboard import Leaderboard
+        from toolkit.records.leaderboard import Leaderboard
         board = Leaderboard(sys.argv[1])
         time.sleep(max(0.0, float(sys.argv[3]) - time.time()))       # both start writing together
         for number in range(50):

@@ -7,7 +7,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from toolkit.losses import LOSSES, ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss, \
+from toolkit.training.losses import LOSSES, ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss, \
     supervised_contrastive_loss
 
 

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from toolkit.metrics import (AnswersError, average_precisions, competition_score, first_hit_ranks,
+from toolkit.retrieval.metrics import (AnswersError, average_precisions, competition_score, first_hit_ranks,
                              score_rankings, score_submission, top_k_accuracy)
 
 

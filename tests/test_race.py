@@ -2,10 +2,10 @@ import json
 
 import pytest
 
-from toolkit.dataset import find_competition
-from toolkit.metrics import score_submission
-from toolkit.race import parse_duration, race_table, run_race
-from toolkit.submission import load_submission, validate_submission
+from toolkit.data.dataset import find_competition
+from toolkit.retrieval.metrics import score_submission
+from toolkit.race.runner import parse_duration, race_table, run_race
+from toolkit.submit.submission import load_submission, validate_submission
 
 
 @pytest.mark.parametrize("text, seconds", [("90m", 5400), ("1h30m", 5400), ("45s", 45), ("5400", 5400),
@@ -84,9 +84,9 @@ def test_end_to_end_race_on_the_real_mini_benchmark(tmp_path, mini_benchmark, ti
 
 def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_them(tmp_path, synthetic_competition, tiny_clip_model):
     from strategies import create_strategy
-    from toolkit.embed import embed_images
-    from toolkit.rerank import PostProcessing, candidate_recipes, ranked_indices
-    from toolkit.submission import build_submission
+    from toolkit.retrieval.embed import embed_images
+    from toolkit.retrieval.rerank import PostProcessing, candidate_recipes, ranked_indices
+    from toolkit.submit.submission import build_submission
 
     competition = find_competition(synthetic_competition)
     spec = ("clip-zs", {"model": tiny_clip_model, "pretrained": None})
@@ -119,7 +119,7 @@ def test_no_rerank_and_no_flip_give_plain_nearest_neighbours(tmp_path, synthetic
 
 
 def test_the_chosen_post_processing_is_recorded_with_the_run(tmp_path, synthetic_competition, tiny_clip_model):
-    from toolkit.leaderboard import Leaderboard, leaderboard_table
+    from toolkit.records.leaderboard import Leaderboard, leaderboard_table
 
     competition = find_competition(synthetic_competition)
     result = run_race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],

@@ -17,12 +17,12 @@ import numpy as np
 import pytest
 
 from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
-from toolkit.budget import (FINAL_WRITE_FRACTION, WRITE_SECONDS, Budget, OutOfTime, hard_stop, images_after_fit,
+from toolkit.race.budget import (FINAL_WRITE_FRACTION, WRITE_SECONDS, Budget, OutOfTime, hard_stop, images_after_fit,
                             schedule)
-from toolkit.dataset import find_competition
-from toolkit.leaderboard import Leaderboard
-from toolkit.race import RaceInterrupted, race_table, run_race
-from toolkit.submission import load_submission, validate_submission
+from toolkit.data.dataset import find_competition
+from toolkit.records.leaderboard import Leaderboard
+from toolkit.race.runner import RaceInterrupted, race_table, run_race
+from toolkit.submit.submission import load_submission, validate_submission
 
 PROJECT = Path(__file__).resolve().parents[1]
 SLACK = 0.75          # seconds of scheduling noise allowed beyond budget * 1.03
@@ -336,10 +336,10 @@ def test_sigint_during_invoke_race_exits_130_with_the_best_so_far_written(tmp_pa
 
 
 def test_the_live_view_shows_every_run_and_nests_the_progress_bars(tmp_path, synthetic_competition):
-    from toolkit.console import console
-    from toolkit.embed import embed_images
-    from toolkit.live import RaceView, nested_live_supported, race_view_table
-    from toolkit.race import StrategyRun
+    from toolkit.machine.console import console
+    from toolkit.retrieval.embed import embed_images
+    from toolkit.views.live import RaceView, nested_live_supported, race_view_table
+    from toolkit.race.runner import StrategyRun
 
     runs = [StrategyRun(label="a", status="finished", estimate=3.0, started=0.0, ended=2.0),
             StrategyRun(label="b", status="fitting", started=time.monotonic()), StrategyRun(label="c")]

@@ -15,14 +15,14 @@ import pytest
 from PIL import Image
 
 from tests.conftest import PROJECT
-from toolkit.dataset import find_competition
-from toolkit.grid import HIT, MISS, QUERY, UNKNOWN, GridLayout
-from toolkit.leaderboard import Leaderboard
-from toolkit.metrics import score_rankings
-from toolkit.race import run_race
-from toolkit.replay import ReplayError, replay_run, submission_rankings
-from toolkit.report import REPORT_LAYOUT, chosen_queries, rankings_grid, write_report
-from toolkit.submission import build_submission, load_submission
+from toolkit.data.dataset import find_competition
+from toolkit.pictures.grid import HIT, MISS, QUERY, UNKNOWN, GridLayout
+from toolkit.records.leaderboard import Leaderboard
+from toolkit.retrieval.metrics import score_rankings
+from toolkit.race.runner import run_race
+from toolkit.pictures.replay import ReplayError, replay_run, submission_rankings
+from toolkit.pictures.report import REPORT_LAYOUT, chosen_queries, rankings_grid, write_report
+from toolkit.submit.submission import build_submission, load_submission
 
 LAYOUT = GridLayout()
 
@@ -199,7 +199,7 @@ def test_report_without_the_data_still_renders_with_a_note(tmp_path):
 def test_a_run_that_trained_shows_its_submission_file_and_no_validation(race, tmp_path, monkeypatch):
     folder, result = race
     run = _run(result, "cnn-zs")
-    monkeypatch.setattr("toolkit.replay.strategy_class", lambda name: type("Trained", (), {"trains": True}))
+    monkeypatch.setattr("toolkit.pictures.replay.strategy_class", lambda name: type("Trained", (), {"trains": True}))
     with Leaderboard(folder / "lb.db") as board:
         with pytest.raises(ReplayError, match="trained its model"):
             replay_run(board, run.run_id, splits=("validation", "test"))

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 from strategies.base import l2_normalise
-from toolkit.rerank import (alpha_query_expansion, candidate_recipes, choose_post_processing,
+from toolkit.retrieval.rerank import (alpha_query_expansion, candidate_recipes, choose_post_processing,
                             database_augmentation, dual_softmax, k_reciprocal_distance, ranked_indices, recipe)
 
 

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from strategies.base import l2_normalise
-from toolkit.search import top_k
-from toolkit.submission import (SubmissionError, build_submission, load_submission, save_submission,
+from toolkit.retrieval.search import top_k
+from toolkit.submit.submission import (SubmissionError, build_submission, load_submission, save_submission,
                                 validate_submission)
 
 

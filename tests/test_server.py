@@ -9,9 +9,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 import requests
 
-from toolkit.leaderboard import Leaderboard
-from toolkit.metrics import score_submission
-from toolkit.server import ReferenceScorer, ServerError, send_and_record, submit_to_server
+from toolkit.records.leaderboard import Leaderboard
+from toolkit.retrieval.metrics import score_submission
+from toolkit.submit.server import ReferenceScorer, ServerError, send_and_record, submit_to_server
 
 ANSWERS = {"query": {f"q{n}.jpg": f"id{n}" for n in range(3)},
            "gallery": {f"g{n:02d}.jpg": f"id{n % 4}" for n in range(16)}}

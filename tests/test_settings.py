@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.settings import SettingsError, load_settings
+from toolkit.machine.settings import SettingsError, load_settings
 
 
 @pytest.fixture(autouse=True)

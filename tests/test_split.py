@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
-from toolkit.dataset import LabelledImage
-from toolkit.split import make_validation_split
+from toolkit.data.dataset import LabelledImage
+from toolkit.data.split import make_validation_split
 
 
 def _training(counts: dict[str, int], stylised: bool = False) -> list[LabelledImage]:
@@ -62,7 +62,7 @@ def test_bad_inputs_say_what_is_wrong():
 
 
 def test_detects_the_stylised_marker_in_file_names():
-    from toolkit.split import detect_gallery_pattern
+    from toolkit.data.split import detect_gallery_pattern
 
     assert detect_gallery_pattern(_training({f"id{n}": 4 for n in range(10)}, stylised=True)) == "*_s.*"
     assert detect_gallery_pattern(_training({f"id{n}": 4 for n in range(10)})) is None  # numbers only
@@ -71,7 +71,7 @@ def test_detects_the_stylised_marker_in_file_names():
 
 
 def test_detection_on_the_generated_competition(synthetic_competition):
-    from toolkit.dataset import find_competition
-    from toolkit.split import detect_gallery_pattern
+    from toolkit.data.dataset import find_competition
+    from toolkit.data.split import detect_gallery_pattern
 
     assert detect_gallery_pattern(find_competition(synthetic_competition).training) == "*_s.*"

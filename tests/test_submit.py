@@ -9,12 +9,12 @@ import pytest
 
 from tests.conftest import PROJECT
 from tests.test_server import ANSWERS, AnswersHtml, NeverAnswers, _submission, _unused_port, misbehaving
-from toolkit.dataset import find_competition
-from toolkit.leaderboard import Leaderboard
-from toolkit.metrics import score_submission
-from toolkit.race import run_race
-from toolkit.server import ReferenceScorer, load_answers
-from toolkit.submission import load_submission
+from toolkit.data.dataset import find_competition
+from toolkit.records.leaderboard import Leaderboard
+from toolkit.retrieval.metrics import score_submission
+from toolkit.race.runner import run_race
+from toolkit.submit.server import ReferenceScorer, load_answers
+from toolkit.submit.submission import load_submission
 
 
 def invoke(*arguments, env):

@@ -2,8 +2,8 @@ import hashlib
 
 from PIL import Image
 
-from toolkit.dataset import find_competition
-from toolkit.synthetic import make_synthetic_competition
+from toolkit.data.dataset import find_competition
+from toolkit.data.synthetic import make_synthetic_competition
 
 
 def digest(root):

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from toolkit.training import (IdentityBatchSampler, TrainingResult, seconds_per_step, seed_everything,
+from toolkit.training.loop import (IdentityBatchSampler, TrainingResult, seconds_per_step, seed_everything,
                               train_until, validation_score, warmup_cosine)
 
 

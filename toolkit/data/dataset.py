@@ -12,7 +12,7 @@ folders that unpacked archives tend to add), lists the labelled training images
 and the query and gallery images in a deterministic order, records every file
 it does not use and why, and raises :class:`LayoutError` with a message that
 names the folder at fault and says what to do when the layout is unusable.
-It only looks at names; decoding the images is :mod:`toolkit.images`' job.
+It only looks at names; decoding the images is :mod:`toolkit.data.images`' job.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from toolkit.images import is_image_name
+from toolkit.data.images import is_image_name
 
 __all__ = [
     "CompetitionData",

@@ -10,7 +10,7 @@ may have received and scored the submission. `send_and_record` wraps it with the
 attempt is recorded before it is sent and completed with the outcome, whatever it is.
 
 The reference scorer (`ReferenceScorer`, `invoke serve-scorer`) speaks the same protocol on the
-standard library's ThreadingHTTPServer and scores with `toolkit.metrics.score_submission` against
+standard library's ThreadingHTTPServer and scores with `toolkit.retrieval.metrics.score_submission` against
 an answers file {"query": {file: identity}, "gallery": {file: identity}}. A malformed body gets a
 plain-text reason with a 4xx status; no request can stop it.
 """
@@ -27,9 +27,9 @@ from typing import Callable, Mapping
 
 import requests
 
-from toolkit.leaderboard import Leaderboard, ServerSubmission
-from toolkit.metrics import AnswersError, load_answers, score_submission  # noqa: F401 (load_answers re-exported)
-from toolkit.submission import SubmissionError, validate_submission
+from toolkit.records.leaderboard import Leaderboard, ServerSubmission
+from toolkit.retrieval.metrics import AnswersError, load_answers, score_submission  # noqa: F401 (load_answers re-exported)
+from toolkit.submit.submission import SubmissionError, validate_submission
 
 DEFAULT_TIMEOUT = 30.0           # seconds to wait for the server's answer
 DEFAULT_RETRIES = 3              # extra tries after a connection error or an HTTP 5xx

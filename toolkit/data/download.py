@@ -23,7 +23,7 @@ URL's file name or, for Drive links, from the server's Content-Disposition):
    absolute paths and ``..`` refuse the whole archive; symbolic and hard links (and devices,
    fifos) are skipped with a warning, never created; tar members also pass
    :func:`tarfile.data_filter` where Python has it.
-6. The layout is checked with :func:`toolkit.dataset.find_competition`; a problem is a warning
+6. The layout is checked with :func:`toolkit.data.dataset.find_competition`; a problem is a warning
    (the data stays).
 
 Every failure is a :class:`DownloadError` with a one-line message for the command line.
@@ -52,8 +52,8 @@ from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
-from toolkit.console import console, human_size, warn
-from toolkit.dataset import CompetitionData, LayoutError, describe, find_competition
+from toolkit.machine.console import console, human_size, warn
+from toolkit.data.dataset import CompetitionData, LayoutError, describe, find_competition
 
 __all__ = ["DownloadError", "DownloadResult", "UnsafeArchive", "archive_format", "describe_connection_error", "download",
            "drive_file_id", "resolve_url", "safe_unpack"]

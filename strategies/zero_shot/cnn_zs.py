@@ -38,7 +38,7 @@ from torch import nn
 from strategies import register
 from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
                              host_reachable, hugging_face_cache_dir)
-from toolkit import efficientnet_lite
+from toolkit.models import efficientnet_lite
 
 DEFAULT_BACKBONE = "efficientnet_lite0"
 POOLINGS = ("avg", "gem")

@@ -25,15 +25,15 @@ import numpy as np
 
 from strategies import create_strategy, strategy_class
 from strategies.base import WeightsUnavailable
-from toolkit.console import warn
-from toolkit.dataset import CompetitionData, LayoutError, find_competition
-from toolkit.embed import embed_images
-from toolkit.leaderboard import Leaderboard, Run, data_fingerprint
-from toolkit.metrics import first_hit_ranks
-from toolkit.race import readable_validation
-from toolkit.rerank import PostProcessing, candidate_recipes, ranked_indices, recipe
-from toolkit.split import ValidationSplit, make_validation_split
-from toolkit.submission import RESULTS_PER_QUERY, SubmissionError, load_submission
+from toolkit.machine.console import warn
+from toolkit.data.dataset import CompetitionData, LayoutError, find_competition
+from toolkit.retrieval.embed import embed_images
+from toolkit.records.leaderboard import Leaderboard, Run, data_fingerprint
+from toolkit.retrieval.metrics import first_hit_ranks
+from toolkit.race.runner import readable_validation
+from toolkit.retrieval.rerank import PostProcessing, candidate_recipes, ranked_indices, recipe
+from toolkit.data.split import ValidationSplit, make_validation_split
+from toolkit.submit.submission import RESULTS_PER_QUERY, SubmissionError, load_submission
 
 SPLITS = ("validation", "test")
 

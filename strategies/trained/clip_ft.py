@@ -41,12 +41,12 @@ from torch import nn
 
 from strategies import register
 from strategies.base import WeightsStatus, WeightsUnavailable, fingerprint_of
-from strategies.clip_zs import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipImageEncoder, ClipZeroShot
-from strategies.finetune import (TrainedImageStrategy, Trainee, TrainingData, TrainingSetup, crop_size_of,
+from strategies.zero_shot.clip_zs import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipImageEncoder, ClipZeroShot
+from strategies.trained.finetune import (TrainedImageStrategy, Trainee, TrainingData, TrainingSetup, crop_size_of,
                                  face_crop_status, set_trainable, state_digest, tail_parameter_names,
                                  training_report, with_face_crop)
-from toolkit.losses import supervised_contrastive_loss
-from toolkit.training import TrainingResult
+from toolkit.training.losses import supervised_contrastive_loss
+from toolkit.training.loop import TrainingResult
 
 OBJECTIVES = ("flyp", "supcon", "both")
 WISE_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)

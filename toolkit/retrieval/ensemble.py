@@ -6,7 +6,7 @@ Each member's embeddings are L2-normalised and concatenated with weights w_i:
 
 so v_q . v_g = sum_i w_i (e_iq . e_ig) / sum_i w_i: the cosine similarity of fused vectors is the
 weighted mean of the members' similarities. Members of any width combine, and fused vectors are
-unit length again, ready for faiss and every re-ranking recipe of toolkit.rerank.
+unit length again, ready for faiss and every re-ranking recipe of toolkit.retrieval.rerank.
 
 The weights are searched on the validation split over a grid on the simplex (`simplex_grid`,
 step 0.1: 63 points for 3 members, 282 for 4), each point scored by plain nearest neighbours from
@@ -23,8 +23,8 @@ from typing import Callable, Sequence
 import numpy as np
 
 from strategies.base import l2_normalise
-from toolkit.embed import Embeddings
-from toolkit.metrics import RetrievalScore, score_rankings
+from toolkit.retrieval.embed import Embeddings
+from toolkit.retrieval.metrics import RetrievalScore, score_rankings
 
 ENSEMBLE = "ensemble"          # the `strategy` of an ensemble run in the leaderboard
 DEFAULT_STEP = 0.1
@@ -124,7 +124,7 @@ def build_ensemble(validation: Sequence[Embeddings], test: Sequence[Embeddings],
                    readable: Callable[[Embeddings], tuple], deadline: float | None = None) -> Ensemble:
     """Search the weights of the members on validation and fuse their embeddings. `readable(e)`
     gives (query vectors, gallery vectors, query labels, gallery labels) of validation embeddings,
-    unreadable rows left out (toolkit.race.readable_validation); the rows unreadable for any member
+    unreadable rows left out (toolkit.race.runner.readable_validation); the rows unreadable for any member
     are left out for all of them."""
     problems = common_problems(validation)
     validation = [with_problems(embeddings, problems) for embeddings in validation]

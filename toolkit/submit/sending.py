@@ -8,9 +8,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from toolkit.dataset import LayoutError, find_competition
-from toolkit.leaderboard import Leaderboard, Run
-from toolkit.submission import validate_submission, validate_submission_structure
+from toolkit.data.dataset import LayoutError, find_competition
+from toolkit.records.leaderboard import Leaderboard, Run
+from toolkit.submit.submission import validate_submission, validate_submission_structure
 
 
 class NothingToSend(ValueError):

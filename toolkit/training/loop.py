@@ -25,8 +25,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from toolkit.metrics import score_rankings
-from toolkit.search import top_k
+from toolkit.retrieval.metrics import score_rankings
+from toolkit.retrieval.search import top_k
 
 
 def seed_everything(seed: int) -> None:

@@ -6,8 +6,8 @@
 
 fit() embeds the training images once with the base encoder (through the embedding cache, so a
 race that already embedded them pays nothing), holds out a share of the training identities as an
-inner validation split (toolkit.split), and trains the projection on the rest with a
-metric-learning loss over P x K identity batches (toolkit.losses, toolkit.training). The
+inner validation split (toolkit.data.split), and trains the projection on the rest with a
+metric-learning loss over P x K identity batches (toolkit.training.losses, toolkit.training.loop). The
 projection starts as the identity (hidden=0: a linear d -> d map; hidden>0: that linear map plus
 a residual MLP whose last layer starts at zero), so step 0 is the base itself; the checkpoint
 kept is the best by inner validation score, step 0 included, so the adapter is never worse than
@@ -30,7 +30,7 @@ queries, renderings as gallery, as in the test) 912.7 -> 922.2 / 936.7 / 934.1 /
 default arcface; on that benchmark gallery_pattern="*_s.*" is the better inner validation (the
 test then said 900.8 plain vs face-zs 898.8, 957.7 with the flip + k-reciprocal the race chose).
 
-The encoder it returns is DERIVED from the base: toolkit.embed serves it from the base's cached
+The encoder it returns is DERIVED from the base: toolkit.retrieval.embed serves it from the base's cached
 embeddings through `project`, so nothing is ever re-embedded for an adapter. Training on a CPU
 takes seconds (the inputs are cached vectors, not images).
 """
@@ -47,10 +47,10 @@ from torch import nn
 
 from strategies import create_strategy, parse_strategy_specs, register
 from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
-from toolkit.console import console
-from toolkit.losses import LOSS_NAMES, LOSSES, ArcFaceHead
-from toolkit.split import make_validation_split
-from toolkit.training import (IdentityBatchSampler, seed_everything, train_until, validation_score,
+from toolkit.machine.console import console
+from toolkit.training.losses import LOSS_NAMES, LOSSES, ArcFaceHead
+from toolkit.data.split import make_validation_split
+from toolkit.training.loop import (IdentityBatchSampler, seed_everything, train_until, validation_score,
                               warmup_cosine)
 
 MIX_CHOICES = (0.0, 0.25, 0.5, 0.75, 1.0)
@@ -188,7 +188,7 @@ class Adapter(Strategy):
 
     def _base_cost(self, paths: Sequence) -> float:
         """The base's cost of embedding those of `paths` that are not in its cache yet."""
-        from toolkit.embed import uncached_paths
+        from toolkit.retrieval.embed import uncached_paths
 
         base = self.base_strategy()
         if getattr(self, "_base_encoder", None) is None:
@@ -212,7 +212,7 @@ class Adapter(Strategy):
         return self.base_strategy().estimate_seconds(n_images)
 
     def fit(self, training: Sequence, deadline: float | None = None) -> AdapterEncoder:
-        from toolkit.embed import embed_images
+        from toolkit.retrieval.embed import embed_images
 
         settings = self.settings
         if not training:

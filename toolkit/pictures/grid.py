@@ -1,7 +1,7 @@
 """Retrieval grids drawn with PIL: one row per query, the query then its top-10 gallery images.
 
 Drawing only: what each cell shows (an image file, a caption, a frame colour) is decided by the
-caller (toolkit.replay builds the rows of a run or a submission file). Every cell has the same
+caller (toolkit.pictures.replay builds the rows of a run or a submission file). Every cell has the same
 size, so a grid's geometry follows from GridLayout alone:
 
     margin | query | query_gap | result 1 | gap | result 2 | ... | result 10 | margin
@@ -18,7 +18,7 @@ from typing import Sequence
 
 from PIL import Image, ImageDraw, ImageFont, ImageOps
 
-from toolkit.images import UnreadableImage, load_rgb, placeholder_image
+from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
 
 HIT = (34, 160, 60)            # result of the query's identity
 MISS = (214, 40, 40)           # result of another identity

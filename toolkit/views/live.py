@@ -3,7 +3,7 @@
 While it runs: every strategy's status, estimate, time used and validation score, with the time
 left in the budget, refreshed as things change.
 
-The table is a rich Live display. The progress bars of toolkit.embed are Live displays of their
+The table is a rich Live display. The progress bars of toolkit.retrieval.embed are Live displays of their
 own; rich (15.0 and later) nests them, so they render under the table while a strategy embeds and
 print above it when done. With an older rich, which allows one Live display at a time, the table
 is printed between strategies instead. Off when show_progress is False (and transient: the final
@@ -19,8 +19,8 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from toolkit.budget import Budget
-from toolkit.console import console
+from toolkit.race.budget import Budget
+from toolkit.machine.console import console
 
 STATUS_STYLES = {"queued": "dim", "estimating": "cyan", "fitting": "bold cyan", "embedding": "bold cyan",
                  "finished": "green", "skipped": "yellow", "failed": "red", "timed-out": "red"}
@@ -88,7 +88,7 @@ def post_processing_label(run) -> str:
 
 
 def race_table(result) -> Table:
-    """The results of a race (toolkit.race.RaceResult), best first, the best in green."""
+    """The results of a race (toolkit.race.runner.RaceResult), best first, the best in green."""
     best = result.best
     table = Table(title="race: local validation (identities held out of training/)", caption=_caption(result))
     left = ("strategy", "status", "post-processing", "submission / reason")

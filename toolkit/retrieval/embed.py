@@ -27,8 +27,8 @@ from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
 from strategies.base import Encoder, l2_normalise
-from toolkit.console import console
-from toolkit.images import UnreadableImage, load_rgb, placeholder_image
+from toolkit.machine.console import console
+from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
 
 
 def default_cache_dir() -> Path:

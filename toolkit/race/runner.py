@@ -3,15 +3,15 @@ fused into ensembles, and the best picked.
 
     result = run_race(data, [("face-zs", {}), ("clip-zs", {"model": "ViT-B-16"})], budget_seconds=5400)
 
-- The schedule (toolkit.budget): cheap zero-shot strategies first, then trained ones, each group by
+- The schedule (toolkit.race.budget): cheap zero-shot strategies first, then trained ones, each group by
   estimated cost (`Strategy.estimate`: nominal embedding speed, a short probe for trained ones).
   A strategy whose estimate exceeds the time left is skipped, not started. A training loop gets a
   deadline that leaves time to embed and write; a strategy still running when the budget ends is
   stopped and recorded as timed-out. A failed strategy (weights not available, a crash) is
   recorded with its reason and the race goes on.
 - Each finished strategy: flip TTA and a re-ranking recipe chosen on validation, its own
-  submission, and its leaderboard row (toolkit.leaderboard) as soon as it ends.
-- Ensembles (toolkit.ensemble): the best finished strategies fused from the embeddings they already
+  submission, and its leaderboard row (toolkit.records.leaderboard) as soon as it ends.
+- Ensembles (toolkit.retrieval.ensemble): the best finished strategies fused from the embeddings they already
   computed, weights searched on validation; a run of its own, with its own submission.
 - The best run by validation score (ensembles included) is also written as <time>-best.json.
 - Ctrl-C keeps everything finished, records the interrupted strategy, writes the best so far and
@@ -31,17 +31,17 @@ from rich.markup import escape
 
 from strategies import create_strategy
 from strategies.base import Encoder, Strategy, WeightsUnavailable
-from toolkit.budget import Budget, OutOfTime, hard_stop, holding_interrupts, images_after_fit, reserve_seconds, schedule
-from toolkit.console import console, warn
-from toolkit.dataset import CompetitionData
-from toolkit.embed import Embeddings, embed_images
-from toolkit.ensemble import ENSEMBLE, build_ensemble, ensemble_label
-from toolkit.leaderboard import Leaderboard, RaceRecorder
-from toolkit.live import RaceView, race_table  # noqa: F401 (race_table: the results table, shown by tasks)
-from toolkit.metrics import RetrievalScore
-from toolkit.rerank import PostProcessing, PostProcessingChoice, choose_post_processing, ranked_indices, recipe
-from toolkit.split import ValidationSplit, detect_gallery_pattern, make_validation_split
-from toolkit.submission import (RESULTS_PER_QUERY, build_submission, load_submission, save_submission,
+from toolkit.race.budget import Budget, OutOfTime, hard_stop, holding_interrupts, images_after_fit, reserve_seconds, schedule
+from toolkit.machine.console import console, warn
+from toolkit.data.dataset import CompetitionData
+from toolkit.retrieval.embed import Embeddings, embed_images
+from toolkit.retrieval.ensemble import ENSEMBLE, build_ensemble, ensemble_label
+from toolkit.records.leaderboard import Leaderboard, RaceRecorder
+from toolkit.views.live import RaceView, race_table  # noqa: F401 (race_table: the results table, shown by tasks)
+from toolkit.retrieval.metrics import RetrievalScore
+from toolkit.retrieval.rerank import PostProcessing, PostProcessingChoice, choose_post_processing, ranked_indices, recipe
+from toolkit.data.split import ValidationSplit, detect_gallery_pattern, make_validation_split
+from toolkit.submit.submission import (RESULTS_PER_QUERY, build_submission, load_submission, save_submission,
                                 validate_submission)
 
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?", re.IGNORECASE)
@@ -152,7 +152,7 @@ def run_race(data: CompetitionData, specs: Sequence[tuple[str, dict[str, Any]] |
              leaderboard: Leaderboard | str | Path | None = None, ensemble_size: int = 3) -> RaceResult:
     """Race the strategies (registry specs (name, options) or Strategy objects) within
     budget_seconds (None: no limit). flip_tta None lets validation decide (when the encoder can
-    flip); post_process tries the re-ranking recipes of toolkit.rerank on validation and keeps the
+    flip); post_process tries the re-ranking recipes of toolkit.retrieval.rerank on validation and keeps the
     best; ensemble_size finished strategies (the best by validation) are fused into an ensemble
     (below 2: none). leaderboard (a Leaderboard or its file) records the race as it starts and each
     run as it ends. Ctrl-C raises RaceInterrupted after writing the best so far."""

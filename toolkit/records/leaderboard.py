@@ -95,7 +95,7 @@ class Run(SQLModel, table=True):
     validation_queries: int | None = None
     plain_score: float | None = None           # validation without flip TTA or post-processing
     flip_tta: bool | None = None               # flip test-time augmentation, as validation chose
-    post_processing: str | None = None         # re-ranking recipe validation chose (toolkit.rerank)
+    post_processing: str | None = None         # re-ranking recipe validation chose (toolkit.retrieval.rerank)
     submission_path: str | None = None
     ended_at: datetime | None = Field(default_factory=_now)
 
@@ -315,7 +315,7 @@ class RaceRecorder:
             self._warn(error)
 
     def run_ended(self, run: Any) -> None:
-        """Record a StrategyRun (toolkit.race) once its status is final; sets run.run_id."""
+        """Record a StrategyRun (toolkit.race.runner) once its status is final; sets run.run_id."""
         if self.board is None:
             return
         score = run.validation
@@ -349,7 +349,7 @@ class RaceRecorder:
                 self.board.close()
 
     def _warn(self, error: Exception) -> None:
-        from toolkit.console import warn
+        from toolkit.machine.console import warn
         where = self.board.path if self.board else "the leaderboard"
         warn(f"not recorded in {where}: {getattr(error, 'orig', None) or error}")
 

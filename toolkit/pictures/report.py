@@ -10,8 +10,8 @@
                                             test queries); images are data: URIs, nothing is
                                             fetched from the network
 
-The rankings come from toolkit.replay (a run re-created from the leaderboard, or a submission
-file read back); the drawing from toolkit.grid.
+The rankings come from toolkit.pictures.replay (a run re-created from the leaderboard, or a submission
+file read back); the drawing from toolkit.pictures.grid.
 """
 from __future__ import annotations
 
@@ -28,9 +28,9 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from toolkit.grid import HIT, MISS, QUERY, UNKNOWN, Cell, GridLayout, GridRow, render_grid
-from toolkit.leaderboard import Leaderboard, Race, RunSummary, post_processing_text
-from toolkit.replay import Rankings, ReplayError, replay_run
+from toolkit.pictures.grid import HIT, MISS, QUERY, UNKNOWN, Cell, GridLayout, GridRow, render_grid
+from toolkit.records.leaderboard import Leaderboard, Race, RunSummary, post_processing_text
+from toolkit.pictures.replay import Rankings, ReplayError, replay_run
 
 REPORTS = Path("reports")
 REPORT_LAYOUT = GridLayout(thumbnail=104)     # 11 columns fit a 1400-pixel-wide page

@@ -14,7 +14,7 @@ import random
 from dataclasses import dataclass
 from typing import Sequence
 
-from toolkit.dataset import LabelledImage
+from toolkit.data.dataset import LabelledImage
 
 
 @dataclass(frozen=True)

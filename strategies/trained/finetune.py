@@ -5,11 +5,11 @@
     create_strategy("siamese", backbone="clip:ViT-B-32/openai", face_crop=True)
 
 One shared base, `TrainedImageStrategy`, owns everything but the model and the loss: the inner
-validation split (toolkit.split, 15% of the identities it is given), decoding every training
+validation split (toolkit.data.split, 15% of the identities it is given), decoding every training
 image once (optionally through the face crop), P x K identity batches with augmentation, AdamW
-with warm-up + cosine, `toolkit.training.train_until` (deadline, AMP on CUDA, best checkpoint by
+with warm-up + cosine, `toolkit.training.loop.train_until` (deadline, AMP on CUDA, best checkpoint by
 the inner validation score), and the short probe behind `estimate`. `MetricLearningStrategy`
-adds a backbone + projection head and one loss from toolkit.losses; `clip_ft` builds on the same
+adds a backbone + projection head and one loss from toolkit.training.losses; `clip_ft` builds on the same
 base with open_clip's two towers.
 
     siamese   contrastive_pair_loss over every pair of a P x K batch (the real and stylised images
@@ -76,12 +76,12 @@ from torch.utils.data import DataLoader, Dataset
 from strategies import register
 from strategies.base import (Encoder, Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, default_device,
                              fingerprint_of, l2_normalise)
-from strategies.cnn_zs import _as_bool as as_bool
-from toolkit.console import warn
-from toolkit.images import UnreadableImage, load_rgb
-from toolkit.losses import ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss
-from toolkit.split import ValidationSplit, make_validation_split
-from toolkit.training import (IdentityBatchSampler, TrainingResult, seconds_per_step, seed_everything,
+from strategies.zero_shot.cnn_zs import _as_bool as as_bool
+from toolkit.machine.console import warn
+from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.training.losses import ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss
+from toolkit.data.split import ValidationSplit, make_validation_split
+from toolkit.training.loop import (IdentityBatchSampler, TrainingResult, seconds_per_step, seed_everything,
                               train_until, validation_score, warmup_cosine)
 
 INNER_VALIDATION_FRACTION = 0.15
@@ -111,7 +111,7 @@ class FaceCrop:
     runs on a copy shrunk to FACE_DETECTION_SIDE so that large photos stay fast. Picklable."""
 
     def __init__(self, size: int, upsample: int = 0):
-        from strategies.face_zs import CHIP_PADDING, model_paths
+        from strategies.zero_shot.face_zs import CHIP_PADDING, model_paths
 
         self.size = int(size)
         self.upsample = int(upsample)
@@ -124,7 +124,7 @@ class FaceCrop:
         """(chip or the image unchanged, whether a face was found)."""
         import dlib
 
-        from strategies.face_zs import _cached
+        from strategies.zero_shot.face_zs import _cached
 
         rgb = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
         height, width = rgb.shape[:2]
@@ -154,7 +154,7 @@ class FaceCrop:
 
 
 def face_crop_status() -> WeightsStatus:
-    from strategies.face_zs import FaceZeroShot
+    from strategies.zero_shot.face_zs import FaceZeroShot
     return FaceZeroShot().weights_status()
 
 
@@ -703,13 +703,13 @@ def parse_backbone(text: str) -> tuple[str, str, str | None]:
 
 
 def _cnn_zero_shot(name: str, settings: dict):
-    from strategies.cnn_zs import CnnZeroShot
+    from strategies.zero_shot.cnn_zs import CnnZeroShot
     return CnnZeroShot(backbone=name, pretrained=settings["pretrained"], pooling=settings["pooling"],
                        image_size=settings["image_size"], seed=settings["seed"])
 
 
 def _clip_zero_shot(model: str, pretrained: str | None, settings: dict):
-    from strategies.clip_zs import ClipZeroShot
+    from strategies.zero_shot.clip_zs import ClipZeroShot
     return ClipZeroShot(model=model, pretrained=pretrained, seed=settings["seed"], device=settings["device"])
 
 
@@ -793,9 +793,9 @@ class MetricLearningStrategy(TrainedImageStrategy):
 
     def estimate_seconds(self, n_images: int) -> float:
         """Nominal embedding cost: the zero-shot speed of the backbone's family, slowed by the face crop."""
-        from strategies.clip_zs import ClipZeroShot
-        from strategies.cnn_zs import CnnZeroShot
-        from strategies.face_zs import FaceZeroShot
+        from strategies.zero_shot.clip_zs import ClipZeroShot
+        from strategies.zero_shot.cnn_zs import CnnZeroShot
+        from strategies.zero_shot.face_zs import FaceZeroShot
 
         kind = parse_backbone(self.settings["backbone"])[0]
         speed = (CnnZeroShot if kind == "cnn" else ClipZeroShot).images_per_second_cpu

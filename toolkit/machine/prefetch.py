@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from strategies import create_strategy
-from toolkit.console import human_size
+from toolkit.machine.console import human_size
 
 __all__ = ["PrefetchResult", "prefetch_weights", "weight_cache_dirs"]
 

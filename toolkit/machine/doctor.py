@@ -23,7 +23,7 @@ from typing import Any
 from rich.markup import escape
 from rich.table import Table
 
-from toolkit.console import human_size
+from toolkit.machine.console import human_size
 
 __all__ = ["DoctorReport", "default_doctor_specs", "doctor_table", "run_doctor"]
 
@@ -177,8 +177,8 @@ def check_strategies(specs: list[tuple[str, dict[str, Any]]]) -> list[StrategyCh
 
 def check_data(data_root: Path) -> tuple[list[CompetitionCheck], list[tuple[Path, int]]]:
     """The competitions under *data_root* (or *data_root* itself), and interrupted downloads."""
-    from toolkit.dataset import TRAINING_FOLDER_NAMES, LayoutError, describe, find_competition
-    from toolkit.download import MARKER_NAME
+    from toolkit.data.dataset import TRAINING_FOLDER_NAMES, LayoutError, describe, find_competition
+    from toolkit.data.download import MARKER_NAME
 
     if not data_root.is_dir():
         return [], []
@@ -207,7 +207,7 @@ def check_server(url: str | None, timeout: float = SERVER_TIMEOUT_S) -> ServerCh
     """One GET to the server URL: any HTTP answer counts (the endpoint itself wants a POST)."""
     import requests
 
-    from toolkit.download import describe_connection_error
+    from toolkit.data.download import describe_connection_error
 
     if not url:
         return ServerCheck(None, "not configured", "set server_url in retrieval-race.toml or RETRIEVAL_RACE_URL")
@@ -223,7 +223,7 @@ def check_server(url: str | None, timeout: float = SERVER_TIMEOUT_S) -> ServerCh
 
 
 def _server_from_settings(project: Path | None, timeout: float) -> ServerCheck:
-    from toolkit.settings import SettingsError, load_settings
+    from toolkit.machine.settings import SettingsError, load_settings
 
     try:
         settings = load_settings(project)

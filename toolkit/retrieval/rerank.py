@@ -34,8 +34,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from strategies.base import l2_normalise
-from toolkit.metrics import RetrievalScore, score_rankings
-from toolkit.search import top_k
+from toolkit.retrieval.metrics import RetrievalScore, score_rankings
+from toolkit.retrieval.search import top_k
 
 
 def alpha_query_expansion(query: np.ndarray, gallery: np.ndarray, n: int = 2, alpha: float = 3.0) -> np.ndarray:
