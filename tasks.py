@@ -296,7 +296,7 @@ LEADERBOARD_HELP = "leaderboard file (default: the setting `leaderboard`, leader
 def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all)
     """Runs best first: validation score beside the server's score, timings, submission files."""
     from toolkit.machine.console import console
-    from toolkit.records.leaderboard import leaderboard_table, race_title
+    from toolkit.views.leaderboard import leaderboard_table, race_title
 
     race_id = _number(race, "--race")
     with _open_leaderboard(leaderboard) as board:
@@ -330,7 +330,7 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
 
     from toolkit.machine.console import console
     from toolkit.submit.sending import NothingToSend, check_before_sending, submission_source
-    from toolkit.submit.server import ServerError, send_and_record
+    from toolkit.submit.client import ServerError, send_and_record
     from toolkit.submit.submission import SubmissionError, load_submission
 
     run_id = _number(run, "--run")
@@ -379,8 +379,8 @@ def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
     """A local reference scorer: the course server's protocol, scored with the competition formula."""
 
     from toolkit.machine.console import console
-    from toolkit.retrieval.metrics import AnswersError
-    from toolkit.submit.server import ReferenceScorer, load_answers
+    from toolkit.retrieval.metrics import AnswersError, load_answers
+    from toolkit.submit.scorer import ReferenceScorer
 
     try:
         truth = load_answers(answers)

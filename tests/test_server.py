@@ -1,5 +1,6 @@
-"""The server protocol over real HTTP on loopback: the reference scorer, and the client against
-servers that misbehave (500 then 200, no answer, a non-JSON answer, nobody listening)."""
+"""The server protocol over real HTTP on loopback: the reference scorer, and the client's retries
+(urllib3's Retry) against servers that misbehave (500 twice then 200, always 5xx, no answer, a
+non-JSON answer, nobody listening). No test waits: the backoff factor is 0."""
 import json
 import socket
 import threading
@@ -8,10 +9,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 import requests
+from urllib3.exceptions import NewConnectionError
 
 from toolkit.records.leaderboard import Leaderboard
 from toolkit.retrieval.metrics import score_submission
-from toolkit.submit.server import ReferenceScorer, ServerError, send_and_record, submit_to_server
+from toolkit.submit.client import ServerError, retry_policy, send_and_record, submit_to_server
+from toolkit.submit.scorer import ReferenceScorer
 
 ANSWERS = {"query": {f"q{n}.jpg": f"id{n}" for n in range(3)},
            "gallery": {f"g{n:02d}.jpg": f"id{n % 4}" for n in range(16)}}
@@ -101,13 +104,19 @@ class _Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
-class FailsOnce(_Handler):
+class FailsTwice(_Handler):
     def do_POST(self):
         self._read()
-        if self.server.hits == 1:
+        if self.server.hits <= 2:
             self._send(500, "Internal Server Error")
         else:
             self._send(200, json.dumps({"accuracy": 512.5}), "application/json")
+
+
+class AlwaysFails(_Handler):
+    def do_POST(self):
+        self._read()
+        self._send(500, "scoring failed: database is locked")
 
 
 class AlwaysUnavailable(_Handler):
@@ -120,6 +129,12 @@ class NeverAnswers(_Handler):
     def do_POST(self):
         self._read()
         self.server.release.wait(10)
+
+
+class HangsUp(_Handler):
+    def do_POST(self):
+        self._read()
+        self.close_connection = True                    # no status line: the request went out, no answer
 
 
 class AnswersHtml(_Handler):
@@ -157,25 +172,39 @@ def board(tmp_path):
         yield leaderboard
 
 
-def test_a_500_then_200_is_retried_and_scored(board):
+def test_two_500s_then_200_are_retried_and_scored(board):
     run = board.add_run(name="cnn-zs", validation_score=400.0, submission_path="/s/a.json")
-    with misbehaving(FailsOnce) as (url, server):
-        attempt = send_and_record(board, run.id, url, "team", _submission(), timeout=5, retries=2, backoff=0.01)
-    assert server.hits == 2
-    assert (attempt.state, attempt.http_status, attempt.server_score, attempt.tries) == ("scored", 200, 512.5, 2)
+    with misbehaving(FailsTwice) as (url, server):
+        attempt = send_and_record(board, run.id, url, "team", _submission(), timeout=5, retries=3, backoff_factor=0)
+    assert server.hits == 3
+    assert (attempt.state, attempt.http_status, attempt.server_score, attempt.tries) == ("scored", 200, 512.5, 3)
     assert board.summaries()[0].server_score == 512.5
 
 
+def test_the_waits_between_tries_are_1_2_4_seconds():
+    """urllib3's own formula waits 0, 2, 4 s; the policy's waits are the README's 1, 2, 4 s (capped at 30)."""
+    policy, waits = retry_policy(retries=6, backoff_factor=1.0), []
+    for _ in range(6):
+        policy = policy.increment(method="POST", url="/retrieval/", error=NewConnectionError(None, "refused"))
+        waits.append(policy.get_backoff_time())
+    assert waits == [1, 2, 4, 8, 16, 30]
+    assert policy.tries == [6]                      # the tries counted across the copies Retry makes
+    first = retry_policy(3, backoff_factor=0).increment(method="POST", url="/", error=NewConnectionError(None, "x"))
+    assert first.get_backoff_time() == 0            # what the tests use: no waiting
+
+
 @pytest.mark.parametrize("handler, timeout, message, status, hits", [
+    (AlwaysFails, 5, "answered HTTP 500 3 times: scoring failed: database is locked", 500, 3),      # retries + 1
     (AlwaysUnavailable, 5, "answered HTTP 503 3 times: <html><h1>503 Service Unavailable", 503, 3),
     (NeverAnswers, 0.5, "did not answer within 0.5s", None, 1),                 # a timeout is not retried
+    (HangsUp, 5, "sent no answer (the server closed the connection)", None, 1),         # nor a connection cut once sent
     (AnswersHtml, 5, "the server refused the submission: <html><body>Group 'team' is not registered", 200, 1),
 ])
 def test_a_failed_send_gives_a_clear_message_and_a_recorded_attempt(board, handler, timeout, message, status, hits):
     run = board.add_run(name="cnn-zs", validation_score=400.0, submission_path="/s/a.json")
     with misbehaving(handler) as (url, server):
         with pytest.raises(ServerError) as caught:
-            send_and_record(board, run.id, url, "team", _submission(), timeout=timeout, retries=2, backoff=0.01)
+            send_and_record(board, run.id, url, "team", _submission(), timeout=timeout, retries=2, backoff_factor=0)
     assert message in str(caught.value) and server.hits == hits
     [attempt] = board.submissions([run.id])
     assert attempt.id == caught.value.submission_id
@@ -187,6 +216,6 @@ def test_nobody_listening_is_retried_then_reported_and_recorded(board):
     run = board.add_run(name="cnn-zs", submission_path="/s/a.json")
     url = f"http://127.0.0.1:{_unused_port()}/retrieval/"
     with pytest.raises(ServerError, match="cannot reach .* after 3 tries .*university network"):
-        send_and_record(board, run.id, url, "team", _submission(), timeout=2, retries=2, backoff=0.01)
+        send_and_record(board, run.id, url, "team", _submission(), timeout=2, retries=2, backoff_factor=0)
     [attempt] = board.submissions([run.id])
     assert attempt.state == "failed" and attempt.tries == 3 and "cannot reach" in attempt.error

@@ -11,9 +11,9 @@ from tests.conftest import PROJECT
 from tests.test_server import ANSWERS, AnswersHtml, NeverAnswers, _submission, _unused_port, misbehaving
 from toolkit.data.dataset import find_competition
 from toolkit.records.leaderboard import Leaderboard
-from toolkit.retrieval.metrics import score_submission
+from toolkit.retrieval.metrics import load_answers, score_submission
 from toolkit.race.runner import run_race
-from toolkit.submit.server import ReferenceScorer, load_answers
+from toolkit.submit.scorer import ReferenceScorer
 from toolkit.submit.submission import load_submission
 
 
