@@ -1,4 +1,5 @@
-"""toolkit.data.download against a real HTTP server on loopback: resume, checksum, Drive, safe unpacking."""
+"""`invoke download` against a real HTTP server on loopback: the transfer (toolkit.data.fetch: resume,
+checksum, Drive pages), the safe unpacking (toolkit.data.unpack) and the whole step (toolkit.data.download)."""
 from __future__ import annotations
 
 import hashlib
@@ -13,9 +14,10 @@ import pytest
 
 from tests.archive_server import ArchiveServer
 from tests.test_tasks import invoke
-from toolkit import download as download_module
-from toolkit.data.download import (MARKER_NAME, DownloadError, UnsafeArchive, download, drive_file_id,
-                              resolve_url, safe_unpack)
+from toolkit.data import fetch as fetch_module
+from toolkit.data.download import DownloadError, download
+from toolkit.data.fetch import drive_file_id, resolve_url
+from toolkit.data.unpack import MARKER_NAME, UnsafeArchive, safe_unpack
 
 FAST = (2.0, 5.0)
 
@@ -167,7 +169,7 @@ def test_google_drive_share_link_follows_the_confirm_page(server, data_root, mon
     archive = make_zip(competition_files(root="faces-2026"))
     server.drive_files["1AbCdEfGhIjKlMnOp"] = ("faces-2026.zip", archive)
     server.drive_style = style
-    monkeypatch.setattr(download_module, "DRIVE_DOWNLOAD_ENDPOINT", server.url("/uc"))
+    monkeypatch.setattr(fetch_module, "DRIVE_DOWNLOAD_ENDPOINT", server.url("/uc"))
     result = fetch("https://drive.google.com/file/d/1AbCdEfGhIjKlMnOp/view?usp=sharing", data_root)
     assert result.folder == data_root / "faces-2026"        # named by the server's Content-Disposition
     assert result.archive.read_bytes() == archive and result.competition is not None
@@ -182,7 +184,7 @@ def test_a_cut_google_drive_download_resumes_through_the_confirm_page(server, da
     archive = make_zip(competition_files(root="faces", payload=30_000))
     server.drive_files["1AbCdEfGhIjKlMnOp"] = ("faces.zip", archive)
     server.cut_after = 120_000
-    monkeypatch.setattr(download_module, "DRIVE_DOWNLOAD_ENDPOINT", server.url("/uc"))
+    monkeypatch.setattr(fetch_module, "DRIVE_DOWNLOAD_ENDPOINT", server.url("/uc"))
     share_link = "https://drive.google.com/file/d/1AbCdEfGhIjKlMnOp/view"
     with pytest.raises(DownloadError, match="connection broke"):
         fetch(share_link, data_root)

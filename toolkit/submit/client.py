@@ -20,7 +20,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry
 
-from toolkit.data.download import describe_connection_error
+from toolkit.data.fetch import describe_connection_error
 from toolkit.records.leaderboard import Leaderboard, ServerSubmission
 
 DEFAULT_TIMEOUT = 30.0           # seconds to wait for the server's answer
