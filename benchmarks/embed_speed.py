@@ -42,7 +42,7 @@ def main() -> None:
     paths = (list(competition.queries) + list(competition.gallery) + [item.path for item in competition.training])
     paths = paths[:arguments.limit]
     [(name, options)] = parse_strategy_specs(arguments.strategy)
-    encoder = create_strategy(name, **options).fit([])
+    encoder = create_strategy(name, **options).fit([]).encoder
 
     # batches collated up front, as the loader hands them over; only encode is timed
     batches = [encoder.collate([encoder.preprocess(load_rgb(path)) for path in paths[start:start + encoder.batch_size]])

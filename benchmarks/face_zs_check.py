@@ -107,7 +107,7 @@ def main() -> None:
             if value is not None:
                 options[key] = value
         strategy = create_strategy("face-zs", **options)
-        encoder = strategy.fit([])
+        encoder = strategy.fit([]).encoder
         items, pre_wall, pre_one = preprocess_all(encoder, query_paths + gallery_paths)
         query_items, gallery_items = items[:len(query_paths)], items[len(query_paths):]
         query_missed = sum(not found for _, found in query_items)

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from strategies import create_strategy, strategy_names
+from strategies.base import DerivedEncoder, RaceContext
 from strategies.trained.adapter import Adapter, AdapterEncoder
 from toolkit.data.dataset import find_competition
 from toolkit.retrieval.embed import embed_images
@@ -37,19 +38,22 @@ def cache_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("adapter-cache")
 
 
-def make_adapter(base, cache_dir, **options) -> Adapter:
-    adapter = create_strategy("adapter", **{**base, "held_out_fraction": 0.3, **options})
-    adapter.embed_options = {"cache_dir": cache_dir, "num_workers": 0, "show_progress": False}
-    return adapter
+def make_adapter(base, **options) -> Adapter:
+    return create_strategy("adapter", **{**base, "held_out_fraction": 0.3, **options})
+
+
+def quiet(cache_dir, **fields) -> RaceContext:
+    """What a race would tell the adapter: its cache, no workers, no progress bars."""
+    return RaceContext(cache_dir=cache_dir, num_workers=0, show_progress=False, **fields)
 
 
 @pytest.fixture(scope="module")
 def fitted(base, competition, cache_dir):
-    adapter = make_adapter(base, cache_dir, loss="supcon", steps=200)
+    adapter = make_adapter(base, loss="supcon", steps=200)
     started = time.monotonic()
     deadline = started + 120
-    encoder = adapter.fit(competition.training, deadline)
-    return adapter, encoder, time.monotonic() - started, deadline
+    fit = adapter.fit(competition.training, quiet(cache_dir), deadline)
+    return fit.details, fit.encoder, time.monotonic() - started, deadline
 
 
 def test_registered_and_options_checked():
@@ -68,33 +72,32 @@ def test_registered_and_options_checked():
 
 
 def test_trains_within_its_deadline_and_beats_its_base_on_inner_validation(fitted):
-    adapter, encoder, seconds, deadline = fitted
-    report = adapter.last_fit
+    report, encoder, seconds, deadline = fitted
     assert report["stopped_by"] == "steps" and report["steps"] == 200
     assert time.monotonic() < deadline and seconds < 60
     # random-weight tiny ViT features, 28 fit identities: the base is weak and training lifts it
     assert 300 < report["base_score"] < 800
     assert report["score"] >= report["base_score"] + 60
     assert report["scores_by_mix"][0.0] == pytest.approx(report["base_score"])  # mix 0 is the base
-    assert isinstance(encoder, AdapterEncoder) and encoder.derived_from is not None
+    assert isinstance(encoder, AdapterEncoder) and isinstance(encoder, DerivedEncoder)
 
 
 def test_stops_at_the_deadline(base, competition, cache_dir, fitted):
-    adapter = make_adapter(base, cache_dir, steps=1_000_000)
+    adapter = make_adapter(base, steps=1_000_000)
     started = time.monotonic()
-    adapter.fit(competition.training, started + 3.0)  # training embeddings are cached by now
-    assert adapter.last_fit["stopped_by"] == "deadline"
-    assert 0 < adapter.last_fit["steps"] < 1_000_000
+    report = adapter.fit(competition.training, quiet(cache_dir), started + 3.0).details  # embeddings cached by now
+    assert report["stopped_by"] == "deadline"
+    assert 0 < report["steps"] < 1_000_000
     assert time.monotonic() - started < 3.0 + 2.0   # one step and the final mix choice past it
 
 
 @pytest.mark.parametrize("options", [{"loss": "triplet"}, {"loss": "contrastive"}, {"loss": "arcface"},
                                      {"hidden": 64, "mix": 0.5}, {"out_dim": 16}])
 def test_every_loss_and_shape_trains(base, competition, cache_dir, fitted, options):
-    adapter = make_adapter(base, cache_dir, steps=40, evaluate_every=20, **options)
-    encoder = adapter.fit(competition.training)
+    fit = make_adapter(base, steps=40, evaluate_every=20, **options).fit(competition.training, quiet(cache_dir))
+    encoder = fit.encoder
     if "out_dim" not in options:  # a same-width adapter starts as the identity: never worse than its base
-        assert adapter.last_fit["score"] >= adapter.last_fit["base_score"]
+        assert fit.details["score"] >= fit.details["base_score"]
     vectors = encoder.project(np.random.default_rng(0).normal(size=(5, 32)).astype(np.float32))
     assert vectors.shape == (5, options.get("out_dim", 32)) and vectors.dtype == np.float32
     assert np.allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -111,7 +114,7 @@ def test_derived_embeddings_come_from_the_base_cache(fitted, competition, cache_
     second = embed_images(encoder, test_paths, **options)
     assert first.computed == len(test_paths) and second.computed == 0
     assert np.array_equal(first.vectors, second.vectors)
-    base = embed_images(encoder.derived_from, test_paths, **options)
+    base = embed_images(encoder.base, test_paths, **options)
     assert base.computed == 0
     assert np.allclose(first.vectors, encoder.project(base.vectors), atol=1e-6)
     # the encoder's own batch path agrees with the cached path
@@ -123,13 +126,13 @@ def test_derived_embeddings_come_from_the_base_cache(fitted, competition, cache_
 
 def test_fingerprint_follows_the_weights_and_the_encoder_pickles(fitted):
     _, encoder, _, _ = fitted
-    same = AdapterEncoder(encoder.derived_from, copy.deepcopy(encoder.projection))
+    same = AdapterEncoder(encoder.base, copy.deepcopy(encoder.projection))
     assert same.fingerprint == encoder.fingerprint
     changed = copy.deepcopy(encoder.projection)
     with torch.no_grad():
         changed.linear.bias.add_(1e-3)
-    assert AdapterEncoder(encoder.derived_from, changed).fingerprint != encoder.fingerprint
-    assert encoder.fingerprint != encoder.derived_from.fingerprint
+    assert AdapterEncoder(encoder.base, changed).fingerprint != encoder.fingerprint
+    assert encoder.fingerprint != encoder.base.fingerprint
 
     restored = pickle.loads(pickle.dumps(encoder))   # what DataLoader workers receive
     vectors = np.random.default_rng(1).normal(size=(4, 32)).astype(np.float32)
@@ -138,17 +141,17 @@ def test_fingerprint_follows_the_weights_and_the_encoder_pickles(fitted):
 
 
 def test_same_seed_same_adapter(base, competition, cache_dir, fitted):
-    first = make_adapter(base, cache_dir, steps=20, evaluate_every=10).fit(competition.training)
-    second = make_adapter(base, cache_dir, steps=20, evaluate_every=10).fit(competition.training)
+    first = make_adapter(base, steps=20, evaluate_every=10).fit(competition.training, quiet(cache_dir)).encoder
+    second = make_adapter(base, steps=20, evaluate_every=10).fit(competition.training, quiet(cache_dir)).encoder
     assert first.fingerprint == second.fingerprint
 
 
 def test_the_race_runs_an_adapter(base, competition, cache_dir, fitted, tmp_path, monkeypatch):
     from toolkit.retrieval.metrics import score_submission
-    from toolkit.race.runner import run_race
+    from tests.racing import race
 
-    monkeypatch.setenv("RETRIEVAL_RACE_CACHE", str(cache_dir.parent))  # if the race leaves embed_options unset
-    result = run_race(competition, [("adapter", {**base, "steps": 40, "held_out_fraction": 0.3})],
+    monkeypatch.setenv("RETRIEVAL_RACE_CACHE", str(cache_dir.parent))  # if the race left the cache unsaid
+    result = race(competition, [("adapter", {**base, "steps": 40, "held_out_fraction": 0.3})],
                       submissions_dir=tmp_path / "submissions", cache_dir=cache_dir, num_workers=0,
                       show_progress=False, flip_tta=False, post_process=False)
     run = result.runs[0]
@@ -170,11 +173,11 @@ def test_derived_embeddings_keep_the_base_problems(fitted, competition, cache_di
 
 def test_estimate_leaves_out_what_the_base_has_cached(base, competition, tmp_path):
     cache_dir = tmp_path / "fresh-cache"
-    adapter = make_adapter(base, cache_dir, steps=10)
-    adapter.pending_images = list(competition.queries) + list(competition.gallery)
-    cold = adapter.estimate(competition.training, len(adapter.pending_images))
-    from toolkit.retrieval.embed import embed_images
-    embed_images(adapter._base_encoder, adapter.pending_images, cache_dir=cache_dir, num_workers=0, show_progress=False)
-    warm = adapter.estimate(competition.training, len(adapter.pending_images))
+    adapter = make_adapter(base, steps=10)
+    pending = tuple(competition.queries) + tuple(competition.gallery)
+    context = quiet(cache_dir, pending_images=pending, images_after_fit=len(pending))
+    cold = adapter.estimate(competition.training, context)
+    embed_images(adapter.base_encoder(), pending, cache_dir=cache_dir, num_workers=0, show_progress=False)
+    warm = adapter.estimate(competition.training, context)
     assert warm < cold
-    assert adapter.estimate_seconds(len(adapter.pending_images)) == 0.0
+    assert adapter.estimate_seconds(len(pending), context) == 0.0

@@ -26,21 +26,22 @@ def embed(encoder, paths):
 
 
 def test_trains_and_picks_a_wise_ratio_from_the_grid(training, tiny):
-    encoder = create_strategy("clip-ft", **tiny, steps=4).fit(training)
-    assert encoder.training_result.steps == 4
-    assert encoder.wise_ratio in WISE_RATIOS
-    assert sorted(encoder.wise_scores) == list(WISE_RATIOS)
-    assert max(encoder.wise_scores.values()) == encoder.wise_scores[encoder.wise_ratio]
-    assert "WiSE-FT ratio" in encoder.report()
+    fitted = create_strategy("clip-ft", **tiny, steps=4).fit(training)
+    encoder, details = fitted.encoder, fitted.details
+    assert details["training"].steps == 4
+    assert details["wise_ratio"] in WISE_RATIOS
+    assert sorted(details["wise_scores"]) == list(WISE_RATIOS)
+    assert max(details["wise_scores"].values()) == details["wise_scores"][details["wise_ratio"]]
+    assert "WiSE-FT ratio" in fitted.report
     vectors = embed(encoder, [item.path for item in training[:3]])
     assert vectors.shape == (3, 32)
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
 
 
 def test_ratio_zero_reproduces_the_zero_shot_embeddings_exactly(training, tiny):
-    zero_shot = create_strategy("clip-zs", model=tiny["model"], pretrained=None, device="cpu").fit([])
-    mixed = create_strategy("clip-ft", **tiny, steps=3, wise_ratios=0).fit(training)
-    tuned = create_strategy("clip-ft", **tiny, steps=3, wise_ratios=1, evaluate_at_start=False).fit(training)
+    zero_shot = create_strategy("clip-zs", model=tiny["model"], pretrained=None, device="cpu").fit([]).encoder
+    mixed = create_strategy("clip-ft", **tiny, steps=3, wise_ratios=0).fit(training).encoder
+    tuned = create_strategy("clip-ft", **tiny, steps=3, wise_ratios=1, evaluate_at_start=False).fit(training).encoder
     paths = [item.path for item in training[:4]]
     np.testing.assert_array_equal(embed(mixed, paths), embed(zero_shot, paths))
     assert mixed.fingerprint == zero_shot.fingerprint        # so clip-zs's cached embeddings are reused
@@ -50,15 +51,15 @@ def test_ratio_zero_reproduces_the_zero_shot_embeddings_exactly(training, tiny):
 
 @pytest.mark.parametrize("objective", ["supcon", "both"])
 def test_other_objectives_and_full_unfreezing_train(training, tiny, objective):
-    encoder = create_strategy("clip-ft", **tiny, steps=2, objective=objective, unfreeze="all",
-                              wise_ratios="0.5/1").fit(training)
-    assert encoder.wise_ratio in (0.5, 1.0) and encoder.training_result.steps == 2
+    details = create_strategy("clip-ft", **tiny, steps=2, objective=objective, unfreeze="all",
+                              wise_ratios="0.5/1").fit(training).details
+    assert details["wise_ratio"] in (0.5, 1.0) and details["training"].steps == 2
 
 
 def test_unfreeze_last_trains_only_the_last_blocks(training, tiny):
-    original = create_strategy("clip-zs", model=tiny["model"], pretrained=None, device="cpu").fit([]).module
+    original = create_strategy("clip-zs", model=tiny["model"], pretrained=None, device="cpu").fit([]).encoder.module
     tuned = create_strategy("clip-ft", **tiny, steps=3, unfreeze_blocks=1, wise_ratios=1,
-                            evaluate_at_start=False).fit(training).module
+                            evaluate_at_start=False).fit(training).encoder.module
     before, after = original.visual.state_dict(), tuned.visual.state_dict()
     assert torch.equal(after["transformer.resblocks.0.mlp.c_fc.weight"], before["transformer.resblocks.0.mlp.c_fc.weight"])
     assert torch.equal(after["conv1.weight"], before["conv1.weight"])
@@ -70,8 +71,8 @@ def test_unfreeze_last_trains_only_the_last_blocks(training, tiny):
 
 def test_stops_at_the_deadline(training, tiny):
     deadline = time.monotonic() + 2.0
-    encoder = create_strategy("clip-ft", **tiny, steps=100_000).fit(training, deadline)
-    assert encoder.training_result.stopped_by == "deadline"
+    details = create_strategy("clip-ft", **tiny, steps=100_000).fit(training, deadline=deadline).details
+    assert details["training"].stopped_by == "deadline"
     assert time.monotonic() < deadline + 1.5
 
 

@@ -7,9 +7,9 @@ from strategies.base import WeightsUnavailable
 
 
 def test_random_init_is_seeded_and_fingerprinted(tiny_clip_model):
-    first = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, seed=1).fit([])
-    again = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, seed=1).fit([])
-    other = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, seed=2).fit([])
+    first = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, seed=1).fit([]).encoder
+    again = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, seed=1).fit([]).encoder
+    other = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, seed=2).fit([]).encoder
     assert first.fingerprint == again.fingerprint != other.fingerprint
 
 
@@ -21,7 +21,7 @@ def test_missing_weights_fail_with_one_clear_line():
     assert "not cached" in status.detail
     started = time.monotonic()
     with pytest.raises(WeightsUnavailable) as caught:
-        strategy.fit([])
+        strategy.fit([]).encoder
     message = str(caught.value)
     assert "ViT-B-32" in message and "openai" in message and "\n" not in message
     assert time.monotonic() - started < 120

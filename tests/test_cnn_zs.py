@@ -61,7 +61,7 @@ def lite0(source_state_dict):
 def default_encoder():
     if lite.weights_path() is None:
         pytest.skip(f"{lite.PACKAGE} is not installed")
-    return create_strategy("cnn-zs", device="cpu").fit([])
+    return create_strategy("cnn-zs", device="cpu").fit([]).encoder
 
 
 # ---------------------------------------------------------------- the mapping
@@ -166,7 +166,7 @@ def test_encoder_output_is_unit_norm_float32_and_deterministic(default_encoder):
     np.testing.assert_allclose(np.linalg.norm(first, axis=1), 1.0, atol=1e-5)
     np.testing.assert_array_equal(first, second)
     assert not np.allclose(first[0], first[1])
-    again = create_strategy("cnn-zs", device="cpu").fit([])
+    again = create_strategy("cnn-zs", device="cpu").fit([]).encoder
     assert again.fingerprint == default_encoder.fingerprint
     np.testing.assert_allclose(encode(again, images), first, atol=1e-6)
 
@@ -183,7 +183,7 @@ def test_features_are_the_pooled_map_before_the_classifier(default_encoder, lite
 @needs_lite0_weights
 def test_gem_differs_from_avg_and_p1_is_avg(default_encoder):
     images = synthetic_images(3)
-    gem = create_strategy("cnn-zs", pooling="gem", device="cpu").fit([])
+    gem = create_strategy("cnn-zs", pooling="gem", device="cpu").fit([]).encoder
     avg_vectors, gem_vectors = encode(default_encoder, images), encode(gem, images)
     assert gem_vectors.shape == avg_vectors.shape
     assert not np.allclose(gem_vectors, avg_vectors, atol=1e-3)
@@ -195,7 +195,7 @@ def test_gem_differs_from_avg_and_p1_is_avg(default_encoder):
 @needs_lite0_weights
 def test_fingerprint_follows_the_options(default_encoder):
     def fingerprint(**options):
-        return create_strategy("cnn-zs", device="cpu", **options).fit([]).fingerprint
+        return create_strategy("cnn-zs", device="cpu", **options).fit([]).encoder.fingerprint
 
     base = default_encoder.fingerprint
     gem = fingerprint(pooling="gem")
@@ -209,7 +209,7 @@ def test_random_init_works_offline():
     strategy = create_strategy("cnn-zs", pretrained=False, device="cpu")
     assert strategy.weights_status().available_offline
     assert strategy.describe() == "cnn-zs[device=cpu,pretrained=False]"
-    encoder = strategy.fit([])
+    encoder = strategy.fit([]).encoder
     vectors = encode(encoder, synthetic_images(2))
     assert vectors.shape == (2, 1280) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -217,13 +217,13 @@ def test_random_init_works_offline():
     assert clone.module is None
     torch.testing.assert_close(clone.preprocess(synthetic_images(1)[0]),
                                encoder.preprocess(synthetic_images(1)[0]))
-    assert create_strategy("cnn-zs", pretrained=False).fit([]).fingerprint == encoder.fingerprint
+    assert create_strategy("cnn-zs", pretrained=False).fit([]).encoder.fingerprint == encoder.fingerprint
 
 
 @pytest.mark.parametrize("backbone, width", [("resnet18", 512), ("resnet10t", 512)])
 def test_torchvision_and_timm_backbones_random_init(backbone, width):
     encoder = create_strategy("cnn-zs", backbone=backbone, pretrained=False, pooling="gem",
-                              image_size=96, device="cpu").fit([])
+                              image_size=96, device="cpu").fit([]).encoder
     vectors = encode(encoder, synthetic_images(2))
     assert vectors.shape == (2, width) and vectors.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
@@ -247,7 +247,7 @@ def test_non_cached_backbone_fails_fast_with_weights_unavailable(tmp_path):
         assert not strategy.weights_status().available_offline
         started = time.monotonic()
         with pytest.raises(WeightsUnavailable) as caught:
-            strategy.fit([])
+            strategy.fit([]).encoder
         assert time.monotonic() - started < 30
     finally:
         torch.hub.set_dir(previous)
@@ -261,7 +261,7 @@ def test_non_cached_timm_backbone_fails_fast():
         pytest.skip("resnet10t weights are cached or the hub is reachable here")
     started = time.monotonic()
     with pytest.raises(WeightsUnavailable, match="resnet10t"):
-        strategy.fit([])
+        strategy.fit([]).encoder
     assert time.monotonic() - started < 30
 
 
@@ -269,7 +269,7 @@ def test_unknown_backbone_and_bad_options():
     strategy = create_strategy("cnn-zs", backbone="no_such_backbone_xyz")
     assert not strategy.weights_status().available_offline
     with pytest.raises(WeightsUnavailable, match="no_such_backbone_xyz") as caught:
-        strategy.fit([])
+        strategy.fit([]).encoder
     assert isinstance(caught.value, UnknownBackbone) and isinstance(caught.value, ValueError)
     with pytest.raises(ValueError, match="pooling"):
         create_strategy("cnn-zs", pooling="max")

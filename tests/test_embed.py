@@ -10,7 +10,7 @@ from toolkit.retrieval.embed import EmbeddingCache, embed_images, file_digest
 
 @pytest.fixture(scope="module")
 def encoder(tiny_clip_model):
-    return create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, batch_size=4).fit([])
+    return create_strategy("clip-zs", model=tiny_clip_model, pretrained=None, batch_size=4).fit([]).encoder
 
 
 @pytest.fixture

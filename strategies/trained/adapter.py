@@ -30,9 +30,8 @@ queries, renderings as gallery, as in the test) 912.7 -> 922.2 / 936.7 / 934.1 /
 default arcface; on that benchmark gallery_pattern="*_s.*" is the better inner validation (the
 test then said 900.8 plain vs face-zs 898.8, 957.7 with the flip + k-reciprocal the race chose).
 
-The encoder it returns is DERIVED from the base: toolkit.retrieval.embed serves it from the base's cached
-embeddings through `project`, so nothing is ever re-embedded for an adapter. Training on a CPU
-takes seconds (the inputs are cached vectors, not images).
+The encoder it returns is a DerivedEncoder: embedding serves it from the base's cached embeddings
+through `project`, so nothing is ever re-embedded for an adapter. Training on a CPU takes seconds (the inputs are cached vectors, not images).
 """
 from __future__ import annotations
 
@@ -46,8 +45,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from strategies import create_strategy, parse_strategy_specs, register
-from strategies.base import Encoder, Strategy, WeightsStatus, fingerprint_of, l2_normalise
-from toolkit.machine.console import console
+from strategies.base import (DerivedEncoder, Encoder, Fitted, RaceContext, Strategy, WeightsStatus, fingerprint_of,
+                             l2_normalise)
 from toolkit.training.losses import LOSS_NAMES, LOSSES, ArcFaceHead
 from toolkit.data.split import make_validation_split
 from toolkit.training.loop import (IdentityBatchSampler, seed_everything, train_until, validation_score,
@@ -101,17 +100,13 @@ def weights_digest(projection: nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
-class AdapterEncoder(Encoder):
-    """The base encoder's embeddings through a trained projection (a derived encoder)."""
+class AdapterEncoder(DerivedEncoder):
+    """The base encoder's embeddings through a trained projection."""
 
-    def __init__(self, base: Encoder, projection: Projection, description: str = ""):
-        self.derived_from = base
-        self.projection = projection.cpu().eval()
-        self.description = description
-        self.fingerprint = fingerprint_of("adapter", base.fingerprint, weights_digest(self.projection))
-        self.batch_size = base.batch_size
-        self.device = base.device
-        self.flippable = base.flippable
+    def __init__(self, base: Encoder, projection: Projection):
+        projection = projection.cpu().eval()
+        super().__init__(base, fingerprint_of("adapter", base.fingerprint, weights_digest(projection)))
+        self.projection = projection
 
     def project(self, vectors: np.ndarray) -> np.ndarray:
         """(n, d_base) base embeddings -> (n, d_out) L2-normalised float32."""
@@ -119,21 +114,6 @@ class AdapterEncoder(Encoder):
         if vectors.shape[0] == 0:
             return np.zeros((0, self.projection.linear.out_features), np.float32)
         return project_with(self.projection, vectors)
-
-    def preprocess(self, image):
-        return self.derived_from.preprocess(image)
-
-    def collate(self, items):
-        return self.derived_from.collate(items)
-
-    def encode(self, batch) -> np.ndarray:
-        return self.project(self.derived_from.encode(batch))
-
-    def flip(self, batch):
-        return self.derived_from.flip(batch)
-
-    def report(self) -> str:
-        return self.derived_from.report()
 
 
 def _base_spec(base: str, base_options: dict | str | None) -> tuple[str, dict[str, Any]]:
@@ -175,59 +155,57 @@ class Adapter(Strategy):
         if mix is not None and not 0.0 <= float(mix) <= 1.0:
             raise ValueError(f"adapter mix is a weight in [0, 1] (or None to choose it), not {mix!r}")
         self.base_name, self.base_options = _base_spec(str(self.settings["base"]), self.settings["base_options"])
-        self.last_fit: dict[str, Any] = {}   # what the last fit measured (scores, steps, mix)
+        self._base_encoder: Encoder | None = None
 
     def base_strategy(self) -> Strategy:
-        strategy = create_strategy(self.base_name, **self.base_options)
-        strategy.embed_options = self.embed_options
-        return strategy
+        return create_strategy(self.base_name, **self.base_options)
+
+    def base_encoder(self) -> Encoder:
+        """The base's encoder, created once (a zero-shot base fits nothing)."""
+        if self._base_encoder is None:
+            self._base_encoder = self.base_strategy().fit([]).encoder
+        return self._base_encoder
 
     def weights_status(self) -> WeightsStatus:
         status = self.base_strategy().weights_status()
         return WeightsStatus(status.available_offline, f"base {self.base_name}: {status.detail}")
 
-    def _base_cost(self, paths: Sequence) -> float:
+    def _base_cost(self, paths: Sequence, context: RaceContext) -> float:
         """The base's cost of embedding those of `paths` that are not in its cache yet."""
-        from toolkit.retrieval.embed import uncached_paths
+        missing = context.uncached(self.base_encoder(), paths)
+        return self.base_strategy().estimate_seconds(len(missing))
 
-        base = self.base_strategy()
-        if getattr(self, "_base_encoder", None) is None:
-            self._base_encoder = base.fit([])
-        missing = uncached_paths(self._base_encoder, paths, cache_dir=self.embed_options.get("cache_dir"))
-        return base.estimate_seconds(len(missing))
-
-    def estimate(self, training: Sequence, n_images: int) -> float:
+    def estimate(self, training: Sequence, context: RaceContext) -> float:
         """The base's cost of embedding the training images and the race's pending images (those
         already in the base's cache cost nothing), plus the training steps (cheap: the inputs are
-        cached vectors). Without pending paths from the race: n_images, all counted."""
+        cached vectors). Without pending paths from the race: images_after_fit, all counted."""
         steps_cost = SECONDS_PER_STEP_CPU * int(self.settings["steps"]) + 2.0
-        if not self.pending_images:
-            return self.base_strategy().estimate(training, len(training) + n_images) + steps_cost
-        return self._base_cost([item.path for item in training] + list(self.pending_images)) + steps_cost
+        if not context.pending_images:
+            return self.base_strategy().estimate_seconds(len(training) + context.images_after_fit) + steps_cost
+        return self._base_cost([item.path for item in training] + list(context.pending_images), context) + steps_cost
 
-    def estimate_seconds(self, n_images: int) -> float:
+    def estimate_seconds(self, n_images: int, context: RaceContext | None = None) -> float:
         """Embedding after the fit is the base's embedding (projected): only uncached images cost."""
-        if self.pending_images:
-            return self._base_cost(list(self.pending_images))
+        if context is not None and context.pending_images:
+            return self._base_cost(list(context.pending_images), context)
         return self.base_strategy().estimate_seconds(n_images)
 
-    def fit(self, training: Sequence, deadline: float | None = None) -> AdapterEncoder:
-        from toolkit.retrieval.embed import embed_images
-
+    def fit(self, training: Sequence, context: RaceContext | None = None,
+            deadline: float | None = None) -> Fitted:
+        context = context or RaceContext()
         settings = self.settings
         if not training:
             raise ValueError("adapter needs labelled training images to train on")
         seed_everything(int(settings["seed"]))
-        base_encoder = self.base_strategy().fit([], deadline)
-        embed_options = {"show_progress": False, **self.embed_options}
-        embedded = embed_images(base_encoder, [item.path for item in training],
-                                description=f"adapter: {self.base_name} training images", **embed_options)
+        base_encoder = self.base_encoder()
+        embedded = context.embed(base_encoder, [item.path for item in training], show_progress=False,
+                                 description=f"adapter: {self.base_name} training images")
         readable = embedded.readable_mask
         items = [item for item, ok in zip(training, readable) if ok]
         vector_of = {id(item): vector for item, vector, ok in zip(training, embedded.vectors, readable) if ok}
         split = make_validation_split(items, held_out_fraction=float(settings["held_out_fraction"]),
                                       seed=int(settings["seed"]),
-                                      gallery_pattern=settings["gallery_pattern"] or self.validation_gallery_pattern)
+                                      gallery_pattern=settings["gallery_pattern"] or context.gallery_pattern)
 
         def stack(part):
             return torch.from_numpy(np.stack([vector_of[id(item)] for item in part]).astype(np.float32))
@@ -294,12 +272,12 @@ class Adapter(Strategy):
         by_mix = scores_by_mix()
         mix = max(by_mix, key=lambda value: (by_mix[value], -abs(value - 1.0)))  # ties: the most trained
         projection.load_state_dict(interpolate_states(initial_state, projection.state_dict(), mix))
-        self.last_fit = {"base_score": base_score, "score": by_mix[mix], "mix": mix, "scores_by_mix": by_mix,
+        details = {"base_score": base_score, "score": by_mix[mix], "mix": mix, "scores_by_mix": by_mix,
                          "best_step": result.best_step, "steps": result.steps, "stopped_by": result.stopped_by,
                          "train_seconds": time.monotonic() - started, "fit_identities": len(identities),
                          "fit_images": len(split.fit), "validation_queries": len(split.queries),
                          "validation_gallery": len(split.gallery), "history": result.history}
-        console.print(f"adapter over {self.base_name}: inner validation {base_score:.1f} -> {by_mix[mix]:.1f} "
-                      f"(step {result.best_step} of {result.steps}, mix {mix:g}, {loss_name}, "
-                      f"{self.last_fit['train_seconds']:.1f}s, stopped by {result.stopped_by})")
-        return AdapterEncoder(base_encoder, projection, description=self.describe())
+        report = (f"inner validation {base_score:.1f} -> {by_mix[mix]:.1f} over {self.base_name} "
+                  f"(step {result.best_step} of {result.steps}, mix {mix:g}, {loss_name}, "
+                  f"{details['train_seconds']:.1f}s, stopped by {result.stopped_by})")
+        return Fitted(AdapterEncoder(base_encoder, projection), report, details)

@@ -40,7 +40,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from strategies import register
-from strategies.base import WeightsStatus, WeightsUnavailable, fingerprint_of
+from strategies.base import Fitted, WeightsStatus, WeightsUnavailable, fingerprint_of
 from strategies.zero_shot.clip_zs import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipImageEncoder, ClipZeroShot
 from strategies.trained.finetune import (TrainedImageStrategy, Trainee, TrainingData, TrainingSetup, crop_size_of,
                                  face_crop_status, set_trainable, state_digest, tail_parameter_names,
@@ -94,15 +94,7 @@ class ClipTrainee(Trainee):
 
 
 class ClipFineTunedEncoder(ClipImageEncoder):
-    """The CLIP image tower with the chosen WiSE-FT mix; report() tells the training and the mix."""
-
-    wise_ratio: float = 1.0
-    wise_scores: dict[float, float] = {}
-    training_result: TrainingResult | None = None
-    training_note: str = ""
-
-    def report(self) -> str:
-        return self.training_note
+    """The CLIP image tower with the chosen WiSE-FT mix."""
 
 
 @register
@@ -149,7 +141,7 @@ class ClipFineTune(TrainedImageStrategy):
         import open_clip
 
         settings = self.settings
-        zero_shot = self.zero_shot().fit([])
+        zero_shot = self.zero_shot().fit([]).encoder
         model = zero_shot.module.to(device).eval()
         try:
             tokenizer = open_clip.get_tokenizer(settings["model"])
@@ -211,7 +203,7 @@ class ClipFineTune(TrainedImageStrategy):
         return min(tied, key=lambda ratio: (abs(ratio - 0.5), ratio))
 
     def finish(self, setup: TrainingSetup, result: TrainingResult, data: TrainingData,
-               device: torch.device) -> ClipFineTunedEncoder:
+               device: torch.device) -> Fitted:
         model = setup.trainee.model.eval()
         zero_shot_visual = setup.extras["zero_shot_visual"]
         fine_tuned_visual = _cpu_copy(model.visual.state_dict())
@@ -238,8 +230,7 @@ class ClipFineTune(TrainedImageStrategy):
             fingerprint = fingerprint_of(self.name, self.fingerprint_settings(), zero_shot.fingerprint, chosen,
                                          digest, str(transform))
         encoder = ClipFineTunedEncoder(model, transform, fingerprint, device=device, batch_size=zero_shot.batch_size)
-        encoder.wise_ratio, encoder.wise_scores, encoder.training_result = chosen, scores, result
         mix = ", ".join(f"{ratio:g}: {score:.0f}" for ratio, score in scores.items())
-        encoder.training_note = (training_report(result, data) + f"; WiSE-FT ratio {chosen:g}"
-                                 + (f" (inner validation {mix})" if mix else ""))
-        return encoder
+        report = (training_report(result, data) + f"; WiSE-FT ratio {chosen:g}"
+                  + (f" (inner validation {mix})" if mix else ""))
+        return Fitted(encoder, report, {"training": result, "wise_ratio": chosen, "wise_scores": scores})

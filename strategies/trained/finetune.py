@@ -74,7 +74,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from strategies import register
-from strategies.base import (Encoder, Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, default_device,
+from strategies.base import (Encoder, Fitted, RaceContext, Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, default_device,
                              fingerprint_of, l2_normalise)
 from strategies.zero_shot.cnn_zs import _as_bool as as_bool
 from toolkit.machine.console import warn
@@ -487,7 +487,7 @@ class TrainedImageStrategy(Strategy):
         raise NotImplementedError
 
     def finish(self, setup: TrainingSetup, result: TrainingResult, data: TrainingData,
-               device: torch.device) -> Encoder:
+               device: torch.device) -> Fitted:
         raise NotImplementedError
 
     # -- shared
@@ -496,10 +496,10 @@ class TrainedImageStrategy(Strategy):
     def device(self) -> torch.device:
         return torch.device(self.settings["device"]) if self.settings["device"] else default_device()
 
-    def data_workers(self, device: torch.device) -> int:
+    def data_workers(self, device: torch.device, context: RaceContext) -> int:
         chosen = self.settings["num_workers"]
         if chosen is None:
-            chosen = self.embed_options.get("num_workers") if device.type == "cuda" else 0
+            chosen = context.num_workers if device.type == "cuda" else 0
         if chosen is None:
             chosen = min(8, max(1, (os.cpu_count() or 2) - 1))
         return int(chosen)
@@ -507,10 +507,10 @@ class TrainedImageStrategy(Strategy):
     def fingerprint_settings(self) -> dict[str, Any]:
         return {key: value for key, value in sorted(self.settings.items()) if key not in RUNTIME_OPTIONS}
 
-    def inner_split(self, training: Sequence) -> ValidationSplit | None:
+    def inner_split(self, training: Sequence, context: RaceContext) -> ValidationSplit | None:
         try:
             return make_validation_split(training, INNER_VALIDATION_FRACTION, seed=self.settings["seed"],
-                                         gallery_pattern=self.validation_gallery_pattern)
+                                         gallery_pattern=context.gallery_pattern)
         except ValueError:
             return None
 
@@ -535,23 +535,25 @@ class TrainedImageStrategy(Strategy):
             return setup.loss(images.to(device, non_blocking=True), labels.to(device, non_blocking=True))
         return step
 
-    def _labelled(self, training: Sequence) -> tuple[ValidationSplit | None, list, list[str]]:
-        split = self.inner_split(training)
+    def _labelled(self, training: Sequence, context: RaceContext) -> tuple[ValidationSplit | None, list, list[str]]:
+        split = self.inner_split(training, context)
         fit_items = list(split.fit) if split is not None else list(training)
         if not fit_items:
             raise ValueError(f"{self.name}: no training images to fit on")
         classes = sorted({item.label for item in fit_items})
         return split, fit_items, classes
 
-    def fit(self, training: Sequence, deadline: float | None = None) -> Encoder:
+    def fit(self, training: Sequence, context: RaceContext | None = None,
+            deadline: float | None = None) -> Fitted:
+        context = context or RaceContext()
         settings = self.settings
         device = self.device
         seed_everything(settings["seed"])
-        split, fit_items, classes = self._labelled(training)
+        split, fit_items, classes = self._labelled(training, context)
         setup = self.build(classes, device)
         setup.trainee.freeze_batchnorm = settings["freeze_batchnorm"]
         face_crop = self.make_face_crop(setup.image_size)
-        workers = self.data_workers(device)
+        workers = self.data_workers(device, context)
         preparer = ImagePreparer(round(setup.image_size / CROP_PCT), face_crop)
         prepared = prepare_images([item.path for item in fit_items], preparer, workers)
         for index, problem in sorted(prepared.problems.items())[:10]:
@@ -596,14 +598,14 @@ class TrainedImageStrategy(Strategy):
         del loader
         return self.finish(setup, result, data, device)
 
-    def estimate(self, training: Sequence, n_images: int) -> float:
-        """Seconds to fit on `training` and embed n_images, from a probe: build the model, decode
-        two batches, time two training steps (seconds_per_step) and one inference batch."""
+    def estimate(self, training: Sequence, context: RaceContext) -> float:
+        """Seconds to fit on `training` and embed what the race embeds afterwards, from a probe:
+        build the model, decode two batches, time two training steps and one inference batch."""
         settings = self.settings
         device = self.device
         started = time.monotonic()
         seed_everything(settings["seed"])
-        split, fit_items, classes = self._labelled(training)
+        split, fit_items, classes = self._labelled(training, context)
         setup = self.build(classes, device)
         setup.trainee.freeze_batchnorm = settings["freeze_batchnorm"]
         face_crop = self.make_face_crop(setup.image_size)
@@ -645,12 +647,12 @@ class TrainedImageStrategy(Strategy):
         validation_count = len(split.queries) + len(split.gallery) if split is not None else 0
         evaluations = (settings["steps"] // max(1, settings["evaluate_every"]) + 1
                        + int(settings["evaluate_at_start"]) + self.final_evaluations)
-        embed_per_image = forward_per_image + prepare_per_image / max(1, self.data_workers(device))
+        embed_per_image = forward_per_image + prepare_per_image / max(1, self.data_workers(device, context))
         del setup, optimizer, batches, images
         if device.type == "cuda":
             torch.cuda.empty_cache()
         return (build_seconds + prepare_per_image * len(training) + step_seconds * settings["steps"]
-                + forward_per_image * evaluations * validation_count + embed_per_image * n_images)
+                + forward_per_image * evaluations * validation_count + embed_per_image * context.images_after_fit)
 
 
 def training_report(result: TrainingResult, data: TrainingData) -> str:
@@ -719,7 +721,7 @@ def build_backbone(text: str, settings: dict, device: torch.device) -> Backbone:
         module, transform, identity = _cnn_zero_shot(name, settings).build()
         image_size = int(settings["image_size"])
     else:
-        zero_shot = _clip_zero_shot(name, pretrained, settings).fit([])   # loads weights, gives the identity
+        zero_shot = _clip_zero_shot(name, pretrained, settings).fit([]).encoder   # loads weights, gives the identity
         module, transform, identity = ClipVisual(zero_shot.module.visual), zero_shot.transform, zero_shot.fingerprint
         image_size = crop_size_of(transform, int(settings["image_size"]))
     module = module.to(device).eval()
@@ -750,13 +752,7 @@ class MetricLearningTrainee(Trainee):
 
 
 class FineTunedEncoder(TorchEncoder):
-    """A trained embedder (backbone + head) behind the usual TorchEncoder; report() tells the training."""
-
-    training_result: TrainingResult | None = None
-    training_note: str = ""
-
-    def report(self) -> str:
-        return self.training_note
+    """A trained embedder (backbone + head) behind the usual TorchEncoder."""
 
 
 class MetricLearningStrategy(TrainedImageStrategy):
@@ -791,7 +787,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
                 return WeightsStatus(False, f"face_crop: {faces.detail}")
         return status
 
-    def estimate_seconds(self, n_images: int) -> float:
+    def estimate_seconds(self, n_images: int, context: RaceContext | None = None) -> float:
         """Nominal embedding cost: the zero-shot speed of the backbone's family, slowed by the face crop."""
         from strategies.zero_shot.clip_zs import ClipZeroShot
         from strategies.zero_shot.cnn_zs import CnnZeroShot
@@ -845,7 +841,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
                              extras={"backbone": backbone})
 
     def finish(self, setup: TrainingSetup, result: TrainingResult, data: TrainingData,
-               device: torch.device) -> FineTunedEncoder:
+               device: torch.device) -> Fitted:
         embedder = setup.trainee.embedder.eval()
         backbone: Backbone = setup.extras["backbone"]
         transform = with_face_crop(setup.eval_transform, data.face_crop)
@@ -853,9 +849,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
                                      state_digest(embedder), str(transform))
         batch_size = max(32, self.settings["identities_per_batch"] * self.settings["images_per_identity"])
         encoder = FineTunedEncoder(embedder, transform, fingerprint, device=device, batch_size=batch_size)
-        encoder.training_result = result
-        encoder.training_note = training_report(result, data)
-        return encoder
+        return Fitted(encoder, training_report(result, data), {"training": result})
 
 
 @register

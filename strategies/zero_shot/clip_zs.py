@@ -18,7 +18,7 @@ from urllib.parse import urlparse
 import torch
 
 from strategies import register
-from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
+from strategies.base import (Fitted, Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
                              host_reachable, hugging_face_cache_dir)
 
 DEFAULT_MODEL = "ViT-B-32"
@@ -129,14 +129,14 @@ class ClipZeroShot(Strategy):
                 "or choose an offline strategy") from None
         return model, preprocess
 
-    def fit(self, training, deadline=None) -> TorchEncoder:
+    def fit(self, training=(), context=None, deadline=None) -> Fitted:
         model, preprocess = self.load_model()
         weights = self.pretrained
         if weights and Path(weights).expanduser().is_file():
             stat = Path(weights).expanduser().stat()
             weights = f"{Path(weights).name}:{stat.st_size}:{int(stat.st_mtime)}"
         fingerprint = fingerprint_of("clip-zs", self.model_name, weights or f"random-seed-{self.seed}", str(preprocess))
-        return ClipImageEncoder(model, preprocess, fingerprint, device=self.device, batch_size=self.batch_size)
+        return Fitted(ClipImageEncoder(model, preprocess, fingerprint, device=self.device, batch_size=self.batch_size))
 
 
 class ClipImageEncoder(TorchEncoder):

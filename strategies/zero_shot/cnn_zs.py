@@ -36,7 +36,7 @@ import torch
 from torch import nn
 
 from strategies import register
-from strategies.base import (Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
+from strategies.base import (Fitted, Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, fingerprint_of,
                              host_reachable, hugging_face_cache_dir)
 from toolkit.models import efficientnet_lite
 
@@ -440,7 +440,10 @@ class CnnZeroShot(Strategy):
         return fingerprint_of("cnn-zs", self.backbone, self.pretrained, identity, self.pooling,
                               self.gem_p if self.pooling == "gem" else None, self.image_size, str(transform))
 
-    def fit(self, training=None, deadline=None) -> "CnnEncoder":
+    def fit(self, training=(), context=None, deadline=None) -> Fitted:
+        return Fitted(self.encoder())
+
+    def encoder(self) -> "CnnEncoder":
         module, transform, identity = self.build()
         return CnnEncoder(module, transform, self.fingerprint(identity, transform),
                           device=self.device, batch_size=self.batch_size)

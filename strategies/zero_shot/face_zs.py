@@ -34,7 +34,7 @@ import numpy as np
 from PIL import Image
 
 from strategies import register
-from strategies.base import Encoder, Strategy, WeightsStatus, WeightsUnavailable, fingerprint_of, \
+from strategies.base import Encoder, Fitted, Strategy, WeightsStatus, WeightsUnavailable, fingerprint_of, \
     l2_normalise
 
 CHIP_SIZE = 150          # what the ResNet descriptor was trained on; it must stay 150
@@ -208,7 +208,10 @@ class FaceZeroShot(Strategy):
         return WeightsStatus(True, f"dlib {getattr(dlib, '__version__', '?')}, "
                                    f"models in {paths['recogniser'].parent}")
 
-    def fit(self, training: Sequence, deadline: float | None = None) -> FaceEncoder:
+    def fit(self, training: Sequence = (), context=None, deadline: float | None = None) -> Fitted:
+        return Fitted(self.encoder())
+
+    def encoder(self) -> FaceEncoder:
         status = self.weights_status()
         if not status.available_offline:
             raise WeightsUnavailable(f"face-zs needs dlib and its models: {status.detail}")

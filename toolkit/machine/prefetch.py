@@ -1,6 +1,6 @@
 """Pre-fetch the weights that strategies need, so that a race runs with the network off.
 
-    for result in prefetch_weights(parse_strategy_specs("clip-zs,cnn-zs[backbone=resnet50]")):
+    for result in prefetch_weights(parse_strategy_specs("clip-zs,cnn-zs[backbone=resnet50]"), create_strategy):
         print(result.line())
 
 Each strategy loads its weights through its own code (`fit([])`: open_clip, torchvision and timm
@@ -18,16 +18,14 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from strategies import create_strategy
 from toolkit.machine.console import human_size
+from toolkit.models.weights import hugging_face_cache_dir
 
 __all__ = ["PrefetchResult", "prefetch_weights", "weight_cache_dirs"]
 
 
 def weight_cache_dirs() -> list[Path]:
     """The folders where strategies' weights are downloaded to."""
-    from strategies.base import hugging_face_cache_dir
-
     return [Path(hugging_face_cache_dir()), Path(torch.hub.get_dir()) / "checkpoints",
             Path("~/.cache/clip").expanduser()]
 
@@ -94,10 +92,11 @@ def _first_line(error: BaseException) -> str:
     return text[0][:300] if text else type(error).__name__
 
 
-def prefetch_weights(specs: list[tuple[str, dict[str, Any]]],
+def prefetch_weights(specs: list[tuple[str, dict[str, Any]]], make_strategy: Callable[..., Any],
                      announce: Callable[[str], None] | None = None,
                      cache_dirs: list[Path] | None = None) -> Iterator[PrefetchResult]:
     """For each (name, options): the weights fetched into their caches, one PrefetchResult each.
+    `make_strategy(name, **options)` creates the strategy (strategies.create_strategy).
 
     *announce(label)* is called before a strategy that needs a download is loaded (so a caller can
     say what the wait is for). Never raises for a strategy's failure; the result says why.
@@ -107,7 +106,7 @@ def prefetch_weights(specs: list[tuple[str, dict[str, Any]]],
         started = time.perf_counter()
         label = _label(name, options)
         try:
-            strategy = create_strategy(name, **options)
+            strategy = make_strategy(name, **options)
             label = strategy.describe()
             status = strategy.weights_status()
             if status.available_offline:

@@ -2,7 +2,7 @@
 
 A run row names its strategy and options; its race row names the data folder and the validation
 split's seed, held-out fraction and gallery pattern. From these the strategy is created again
-(`create_strategy`), the images are embedded with the run's flip setting (from the embedding
+(by the registry's `create_strategy`, which the caller passes in), the images are embedded with the run's flip setting (from the embedding
 cache, so nothing is re-computed when the race ran here with the same cache), the run's
 post-processing recipe is applied again, and the rankings are exactly the race's:
 
@@ -19,20 +19,21 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 
-from strategies import create_strategy, strategy_class
-from strategies.base import WeightsUnavailable
-from toolkit.machine.console import warn
 from toolkit.data.dataset import CompetitionData, LayoutError, find_competition
-from toolkit.retrieval.embed import embed_images
+from toolkit.data.split import ValidationSplit, detect_gallery_pattern, make_validation_split
+from toolkit.machine.console import warn
+from toolkit.models.weights import WeightsUnavailable
+from toolkit.race.config import AUTO, RaceConfig
+from toolkit.race.contract import RaceContext, Strategy
 from toolkit.records.leaderboard import Leaderboard, Run, data_fingerprint
+from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import first_hit_ranks
-from toolkit.race.runner import readable_validation
+from toolkit.retrieval.ranking import rank_gallery, readable_validation
 from toolkit.retrieval.rerank import PostProcessing, candidate_recipes, ranked_indices, recipe
-from toolkit.data.split import ValidationSplit, make_validation_split
 from toolkit.submit.submission import RESULTS_PER_QUERY, SubmissionError, load_submission
 
 SPLITS = ("validation", "test")
@@ -67,11 +68,13 @@ class Rankings:
         return self.gallery_labels[self.indices[query, position]] == self.query_labels[query]
 
 
-def replay_run(board: Leaderboard, run: Run | int, splits: Sequence[str] = ("validation",),
-               data: str | Path | None = None, cache_dir: Path | None = None, num_workers: int | None = None,
+def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., Strategy],
+               splits: Sequence[str] = ("validation",), data: str | Path | None = None,
+               cache_dir: Path | None = None, num_workers: int | None = None,
                show_progress: bool = False) -> dict[str, Rankings]:
-    """The run's rankings on each of `splits`, as its race computed them. `data` replaces the
-    race's data folder (e.g. when the race ran on another machine)."""
+    """The run's rankings on each of `splits`, as its race computed them. `make_strategy(name,
+    **options)` creates a strategy by name (strategies.create_strategy; ValueError for a name it
+    does not know). `data` replaces the race's data folder (e.g. when the race ran elsewhere)."""
     record = board.run(run) if isinstance(run, int) else run
     if record is None:
         raise ReplayError(f"no run {run} in {board.path}; invoke leaderboard --all lists the runs")
@@ -90,24 +93,26 @@ def replay_run(board: Leaderboard, run: Run | int, splits: Sequence[str] = ("val
         warn(f"{competition.root} has changed since race {race.id} (other files or sizes): "
              "the rankings may differ from the race's")
     options = json.loads(race.options or "{}") if race else {}
+    config = RaceConfig.from_recorded(options)
+    pattern = config.gallery_pattern
+    if pattern == AUTO:        # a row that does not say: what a race would detect today
+        pattern = detect_gallery_pattern(competition.training)
     try:
-        split = make_validation_split(competition.training, held_out_fraction=options.get("held_out_fraction", 0.2),
-                                      seed=options.get("seed", 0), gallery_pattern=options.get("gallery_pattern"))
+        split = make_validation_split(competition.training, held_out_fraction=config.held_out_fraction,
+                                      seed=config.seed, gallery_pattern=pattern)
     except ValueError as error:
         raise ReplayError(f"race {record.race_id}: no validation split of {competition.root} ({error})") from None
     try:
-        trains = getattr(strategy_class(record.strategy), "trains", False)
-    except ValueError:      # an ensemble of other runs, or a strategy this toolkit lacks
+        strategy = make_strategy(record.strategy, **json.loads(record.options or "{}"))
+    except ValueError as error:      # an ensemble of other runs, or a strategy this toolkit lacks
         return _from_submission_file(record, splits, competition, f"its strategy {record.strategy!r} cannot be "
-                                     "created by name (an ensemble of other runs, or a strategy not registered here)")
-    if trains:
+                                     f"created by name ({_shorten(str(error), 160)})")
+    if strategy.trains:
         return _from_submission_file(record, splits, competition, "it trained its model, and the race keeps no "
                                      "weights, so it cannot be re-created without training again")
-    cache_options = dict(cache_dir=cache_dir, num_workers=num_workers, show_progress=show_progress)
+    context = RaceContext(gallery_pattern=pattern, cache_dir=cache_dir, num_workers=num_workers, show_progress=show_progress)
     try:
-        strategy = create_strategy(record.strategy, **json.loads(record.options or "{}"))
-        strategy.embed_options = cache_options       # as the race sets it, for strategies that embed to fit
-        encoder = strategy.fit(split.fit, None)
+        encoder = strategy.fit(split.fit, context).encoder
     except WeightsUnavailable as error:
         raise ReplayError(f"run {record.id}: cannot create {record.name} again ({error})") from None
     except Exception as error:  # a strategy's own failure, as the race catches it: a message, never a crash
@@ -115,12 +120,15 @@ def replay_run(board: Leaderboard, run: Run | int, splits: Sequence[str] = ("val
                           f"{_shorten(str(error), 160)})") from None
     flip, chosen = run_flip(record, options), run_recipe(record)
     title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or chosen.method != "none" else "")
-    embed_options = dict(cache_options, flip_tta=flip)
     rankings = {}
     if "validation" in splits:
-        rankings["validation"] = _validation_rankings(encoder, split, chosen, title, embed_options)
+        embeddings = context.embed(encoder, [item.path for item in split.queries + split.gallery],
+                                   description="validation", flip_tta=flip)
+        rankings["validation"] = _validation_rankings(embeddings, split, chosen, title)
     if "test" in splits:
-        rankings["test"] = _test_rankings(encoder, competition, chosen, title, embed_options)
+        embeddings = context.embed(encoder, list(competition.queries) + list(competition.gallery),
+                                   description="test", flip_tta=flip)
+        rankings["test"] = _test_rankings(embeddings, competition, chosen, title)
     return rankings
 
 
@@ -206,16 +214,14 @@ def _describe(flip: bool, chosen: PostProcessing) -> str:
     return " + ".join((["flip"] if flip else []) + ([chosen.describe()] if chosen.method != "none" else []))
 
 
-def _validation_rankings(encoder, split: ValidationSplit, chosen: PostProcessing, title: str,
-                         embed_options: dict) -> Rankings:
+def _validation_rankings(embeddings: Embeddings, split: ValidationSplit, chosen: PostProcessing,
+                         title: str) -> Rankings:
     """As the race ranked validation: unreadable images left out, the recipe applied; ranked over
     the whole gallery so that a first hit below 10 still has a rank."""
-    embeddings = embed_images(encoder, [item.path for item in split.queries + split.gallery],
-                              description="validation", **embed_options)
-    query_vectors, gallery_vectors, query_labels, gallery_labels = readable_validation(embeddings, split)
-    readable, count = embeddings.readable_mask, len(split.queries)
-    query_paths = [item.path for item, ok in zip(split.queries, readable[:count]) if ok]
-    gallery_paths = [item.path for item, ok in zip(split.gallery, readable[count:]) if ok]
+    rows = readable_validation(embeddings, split)
+    query_vectors, gallery_vectors, query_labels, gallery_labels = rows.query, rows.gallery, rows.query_labels, \
+        rows.gallery_labels
+    query_paths, gallery_paths = rows.query_paths, rows.gallery_paths
     full = ranked_indices(chosen, query_vectors, gallery_vectors, len(gallery_vectors))
     labels = np.asarray(gallery_labels, dtype=object)
     indices = full[:, :RESULTS_PER_QUERY]
@@ -226,15 +232,11 @@ def _validation_rankings(encoder, split: ValidationSplit, chosen: PostProcessing
                     margin=_margins(query_vectors, gallery_vectors, query_labels, labels))
 
 
-def _test_rankings(encoder, competition: CompetitionData, chosen: PostProcessing, title: str,
-                   embed_options: dict) -> Rankings:
-    """As the race ranked the test set for the submission (unreadable gallery images zeroed)."""
-    paths = list(competition.queries) + list(competition.gallery)
-    embeddings = embed_images(encoder, paths, description="test", **embed_options)
-    vectors = embeddings.vectors.copy()
-    count = len(competition.queries)
-    vectors[~embeddings.readable_mask & (np.arange(len(vectors)) >= count)] = 0.0
-    indices = ranked_indices(chosen, vectors[:count], vectors[count:], RESULTS_PER_QUERY)
+def _test_rankings(embeddings: Embeddings, competition: CompetitionData, chosen: PostProcessing,
+                   title: str) -> Rankings:
+    """As the race ranked the test set for the submission (unreadable gallery images last)."""
+    vectors, count = embeddings.vectors, len(competition.queries)
+    indices = rank_gallery(embeddings, count, chosen, RESULTS_PER_QUERY)
     return Rankings(title=title, split="test", query_paths=list(competition.queries),
                     gallery_paths=list(competition.gallery), indices=indices,
                     similarities=_cosine(vectors[:count], vectors[count:], indices))

@@ -3,7 +3,7 @@
 Decoding and preprocessing run in DataLoader worker processes, overlapped with the model in the
 main process; the model runs under inference_mode (and autocast on CUDA, inside the Encoder).
 Optional flip test-time augmentation averages each image's embedding with its mirror's.
-An encoder derived from another (`derived_from`, e.g. an adapter) reuses its base's embeddings.
+A DerivedEncoder (e.g. an adapter) is served from its base's embeddings.
 
 The cache is keyed by (encoder fingerprint [+ ":flip"], file content hash), so a renamed or moved
 file is still a hit and an edited file is not; a second run over the same images re-embeds
@@ -26,7 +26,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColum
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
-from strategies.base import Encoder, l2_normalise
+from toolkit.retrieval.encoder import DerivedEncoder, Encoder, l2_normalise
 from toolkit.machine.console import console
 from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
 
@@ -145,7 +145,8 @@ def default_workers() -> int:
 def uncached_paths(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
                    flip_tta: bool = False) -> list[Path]:
     """The paths whose embeddings are not in the cache yet (a derived encoder's live in its base's)."""
-    encoder = getattr(encoder, "derived_from", None) or encoder
+    while isinstance(encoder, DerivedEncoder):
+        encoder = encoder.base
     cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
     return [Path(path) for path in paths if not Path(path).is_file() or cache.get(file_digest(Path(path))) is None]
 
@@ -155,13 +156,12 @@ def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None
                  description: str = "embedding", show_progress: bool = True) -> Embeddings:
     """Embeddings of `paths` in order; cached ones are read, the rest computed in batches.
 
-    A derived encoder (one with a `derived_from` base encoder and a `project(vectors)` method, such
-    as a trained adapter) is served from its base: the base's embeddings, cached under the base's
-    fingerprint, passed through `encoder.project`. Its own embeddings are never cached."""
+    A DerivedEncoder (such as a trained adapter) is served from its base: the base's embeddings,
+    cached under the base's fingerprint, passed through `encoder.project`. Its own embeddings are
+    never cached."""
     started = time.perf_counter()
-    base = getattr(encoder, "derived_from", None)
-    if base is not None:
-        from_base = embed_images(base, paths, cache_dir=cache_dir, flip_tta=flip_tta, num_workers=num_workers,
+    if isinstance(encoder, DerivedEncoder):
+        from_base = embed_images(encoder.base, paths, cache_dir=cache_dir, flip_tta=flip_tta, num_workers=num_workers,
                                  description=description, show_progress=show_progress)
         return Embeddings(paths=from_base.paths, vectors=encoder.project(from_base.vectors),
                           problems=from_base.problems, from_cache=from_base.from_cache,

@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from strategies.base import l2_normalise
+from toolkit.retrieval.encoder import l2_normalise
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import RetrievalScore, score_rankings
 
@@ -123,13 +123,12 @@ class Ensemble:
 def build_ensemble(validation: Sequence[Embeddings], test: Sequence[Embeddings],
                    readable: Callable[[Embeddings], tuple], deadline: float | None = None) -> Ensemble:
     """Search the weights of the members on validation and fuse their embeddings. `readable(e)`
-    gives (query vectors, gallery vectors, query labels, gallery labels) of validation embeddings,
-    unreadable rows left out (toolkit.race.runner.readable_validation); the rows unreadable for any member
-    are left out for all of them."""
+    gives the ValidationRows of validation embeddings (toolkit.retrieval.ranking.readable_validation);
+    the rows unreadable for any member are left out for all of them."""
     problems = common_problems(validation)
     validation = [with_problems(embeddings, problems) for embeddings in validation]
     rows = [readable(embeddings) for embeddings in validation]
-    search = search_weights([(query, gallery) for query, gallery, _, _ in rows], rows[0][2], rows[0][3],
+    search = search_weights([(part.query, part.gallery) for part in rows], rows[0].query_labels, rows[0].gallery_labels,
                             deadline=deadline)
     kept = [position for position, weight in enumerate(search.weights) if weight > 0]
     weights = [search.weights[position] for position in kept]

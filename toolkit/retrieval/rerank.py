@@ -33,7 +33,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from strategies.base import l2_normalise
+from toolkit.retrieval.encoder import l2_normalise
 from toolkit.retrieval.metrics import RetrievalScore, score_rankings
 from toolkit.retrieval.search import top_k
 
