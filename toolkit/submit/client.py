@@ -6,7 +6,7 @@
 
 `send_and_record` records the attempt before it is sent and completes it with the score or the
 error text. Connection errors and HTTP 5xx are retried by urllib3's Retry with backoff; a read
-timeout is not, since the server may already have scored the submission.
+timeout, or a connection cut once the request went out, is not: the server may have scored it.
 """
 from __future__ import annotations
 
@@ -41,6 +41,8 @@ class ServerError(RuntimeError):
 
 @dataclass(frozen=True)
 class ServerReply:
+    """The server's score, its HTTP status, the tries it took and the seconds they took."""
+
     score: float
     status: int
     tries: int
