@@ -8,11 +8,11 @@ import sys
 import pytest
 
 from tests.conftest import PROJECT
+from tests.racing import race
 from tests.test_server import ANSWERS, AnswersHtml, NeverAnswers, _submission, _unused_port, misbehaving
 from toolkit.data.dataset import find_competition
 from toolkit.records.leaderboard import Leaderboard
 from toolkit.retrieval.metrics import load_answers, score_submission
-from toolkit.race.runner import run_race
 from toolkit.submit.scorer import ReferenceScorer
 from toolkit.submit.submission import load_submission
 
@@ -45,7 +45,7 @@ def test_race_then_submit_best_records_the_server_score_beside_validation(tmp_pa
                                                                           environment):
     competition = find_competition(synthetic_competition)
     specs = [("cnn-zs", {"pretrained": False, "image_size": 64}), ("clip-zs", {"model": "ViT-B-32", "pretrained": "no-such-tag"})]
-    result = run_race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+    result = race(competition, specs, submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False, leaderboard=tmp_path / "leaderboard.db")
     best, failed = result.runs
     assert (best.status, failed.status) == ("finished", "failed")
