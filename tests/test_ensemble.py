@@ -17,7 +17,7 @@ from toolkit.data.images import load_rgb
 from toolkit.records.leaderboard import Leaderboard
 from tests.racing import race
 from toolkit.views.live import race_table
-from toolkit.retrieval.rerank import candidate_recipes, ranked_indices
+from toolkit.retrieval.recipes import candidate_recipes, ranked_indices
 from toolkit.submit.submission import build_submission, load_submission, validate_submission
 
 
@@ -181,7 +181,8 @@ def test_the_ensemble_is_a_run_of_its_own_built_from_each_members_chosen_flip(tm
     # the ensemble's submission: the members' test embeddings fused with its weights, its recipe applied
     fused = fuse(tests, ensemble.options["weights"])
     assert fused.shape[1] == sum(members[label].options["width"] for label in ensemble.options["members"])
-    recipe = next(r for r in candidate_recipes() if r.describe() == ensemble.post_processing)
+    recipe = ensemble.post_processing
+    assert recipe in candidate_recipes()
     count = len(competition.queries)
     expected = build_submission(competition.queries, competition.gallery,
                                 ranked_indices(recipe, fused[:count], fused[count:], 10))

@@ -87,7 +87,7 @@ def test_end_to_end_race_on_the_real_mini_benchmark(tmp_path, mini_benchmark, ti
 def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_them(tmp_path, synthetic_competition, tiny_clip_model):
     from strategies import create_strategy
     from toolkit.retrieval.embed import embed_images
-    from toolkit.retrieval.rerank import PostProcessing, candidate_recipes, ranked_indices
+    from toolkit.retrieval.recipes import candidate_recipes, ranked_indices
     from toolkit.submit.submission import build_submission
 
     competition = find_competition(synthetic_competition)
@@ -97,8 +97,8 @@ def test_validation_chooses_flip_and_post_processing_and_the_submission_applies_
     [run] = result.runs
     assert run.status == "finished" and run.baseline is not None
     assert run.validation.score >= run.baseline.score
-    chosen = next(r for r in candidate_recipes() if r.describe() == run.post_processing)
-    assert isinstance(chosen, PostProcessing)
+    chosen = run.post_processing
+    assert chosen in candidate_recipes()
 
     encoder = create_strategy(spec[0], **spec[1]).fit([]).encoder
     test = embed_images(encoder, list(competition.queries) + list(competition.gallery), cache_dir=tmp_path / "cache",
@@ -116,7 +116,7 @@ def test_no_rerank_and_no_flip_give_plain_nearest_neighbours(tmp_path, synthetic
                       submissions_dir=tmp_path, cache_dir=tmp_path / "cache", num_workers=0, show_progress=False,
                       flip_tta=False, post_process=False)
     [run] = result.runs
-    assert (run.post_processing, run.flip_tta) == ("none", False)
+    assert (run.post_processing.plain, run.flip_tta) == (True, False)
     assert run.validation == run.baseline
 
 

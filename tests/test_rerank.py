@@ -3,8 +3,8 @@ import numpy as np
 import pytest
 
 from strategies.base import l2_normalise
-from toolkit.retrieval.rerank import (alpha_query_expansion, candidate_recipes, choose_post_processing,
-                            database_augmentation, dual_softmax, k_reciprocal_distance, ranked_indices, recipe)
+from toolkit.retrieval.recipes import PLAIN, candidate_recipes, choose_post_processing, ranked_indices
+from toolkit.retrieval.rerank import alpha_query_expansion, database_augmentation, dual_softmax, k_reciprocal_distance
 
 
 def random_unit(rng, rows, width=16):
@@ -130,5 +130,5 @@ def test_choice_keeps_none_unless_something_wins_on_validation():
     rng = np.random.default_rng(2)
     query, gallery = random_unit(rng, 10), random_unit(rng, 30)
     labels = rng.integers(0, 10, 30).tolist()
-    choice = choose_post_processing(query, gallery, list(range(10)), labels, recipes=[recipe("none")])
-    assert choice.best == recipe("none") and choice.best_score is choice.baseline
+    choice = choose_post_processing(query, gallery, list(range(10)), labels, recipes=[PLAIN])
+    assert choice.best == PLAIN and choice.best_score is choice.baseline

@@ -33,7 +33,7 @@ from toolkit.records.leaderboard import Leaderboard, Run, data_fingerprint
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import first_hit_ranks
 from toolkit.retrieval.ranking import rank_gallery, readable_validation
-from toolkit.retrieval.rerank import PostProcessing, candidate_recipes, ranked_indices, recipe
+from toolkit.retrieval.recipes import PLAIN, Recipe, ranked_indices
 from toolkit.submit.submission import RESULTS_PER_QUERY, SubmissionError, load_submission
 
 SPLITS = ("validation", "test")
@@ -119,7 +119,7 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
         raise ReplayError(f"run {record.id}: cannot create {record.name} again ({type(error).__name__}: "
                           f"{_shorten(str(error), 160)})") from None
     flip, chosen = run_flip(record, options), run_recipe(record)
-    title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or chosen.method != "none" else "")
+    title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or not chosen.plain else "")
     rankings = {}
     if "validation" in splits:
         embeddings = context.embed(encoder, [item.path for item in split.queries + split.gallery],
@@ -156,19 +156,18 @@ def run_flip(record: Run, race_options: dict) -> bool:
     return bool(race_options.get("flip_tta"))
 
 
-def run_recipe(record: Run) -> PostProcessing:
-    """The run's post-processing recipe, matched by its description; plain ("none") if unknown."""
-    text = getattr(record, "post_processing", None)
-    if text is None and record.notes:       # older rows kept it in the notes
-        text = next((part.split(":", 1)[1].strip() for part in record.notes.split("; ")
-                     if part.startswith("post-processing:")), None)
-    if text in (None, "", "none"):
-        return recipe("none")
-    for candidate in candidate_recipes():
-        if candidate.describe() == text:
-            return candidate
-    warn(f"run {record.id}: unknown post-processing {text!r}; showing plain nearest neighbours")
-    return recipe("none")
+def run_recipe(record: Run) -> Recipe:
+    """The run's post-processing recipe as recorded; plain nearest neighbours if unreadable."""
+    stored = record.post_processing
+    if stored is None and record.notes:       # the oldest rows kept it in the notes
+        stored = next((part.split(":", 1)[1].strip() for part in record.notes.split("; ")
+                       if part.startswith("post-processing:")), None)
+    try:
+        return Recipe.from_record(stored)
+    except (ValueError, KeyError, TypeError) as error:
+        warn(f"run {record.id}: cannot read its post-processing {stored!r} ({error}); "
+             "showing plain nearest neighbours")
+        return PLAIN
 
 
 def submission_rankings(path: str | Path, data: str | Path) -> Rankings:
@@ -210,11 +209,11 @@ def _competition(data: str | Path | None, what: str) -> CompetitionData:
         raise ReplayError(f"{what}: {error}\n(pass the competition folder with --data PATH)") from None
 
 
-def _describe(flip: bool, chosen: PostProcessing) -> str:
-    return " + ".join((["flip"] if flip else []) + ([chosen.describe()] if chosen.method != "none" else []))
+def _describe(flip: bool, chosen: Recipe) -> str:
+    return " + ".join((["flip"] if flip else []) + ([chosen.describe()] if not chosen.plain else []))
 
 
-def _validation_rankings(embeddings: Embeddings, split: ValidationSplit, chosen: PostProcessing,
+def _validation_rankings(embeddings: Embeddings, split: ValidationSplit, chosen: Recipe,
                          title: str) -> Rankings:
     """As the race ranked validation: unreadable images left out, the recipe applied; ranked over
     the whole gallery so that a first hit below 10 still has a rank."""
@@ -232,7 +231,7 @@ def _validation_rankings(embeddings: Embeddings, split: ValidationSplit, chosen:
                     margin=_margins(query_vectors, gallery_vectors, query_labels, labels))
 
 
-def _test_rankings(embeddings: Embeddings, competition: CompetitionData, chosen: PostProcessing,
+def _test_rankings(embeddings: Embeddings, competition: CompetitionData, chosen: Recipe,
                    title: str) -> Rankings:
     """As the race ranked the test set for the submission (unreadable gallery images last)."""
     vectors, count = embeddings.vectors, len(competition.queries)

@@ -34,7 +34,7 @@ from toolkit.records.leaderboard import Leaderboard, RaceRecorder
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.ensemble import ENSEMBLE, build_ensemble, ensemble_label
 from toolkit.retrieval.ranking import rank_gallery, readable_validation
-from toolkit.retrieval.rerank import PostProcessing, PostProcessingChoice, choose_post_processing, recipe
+from toolkit.retrieval.recipes import PLAIN, PostProcessingChoice, Recipe, choose_post_processing
 from toolkit.submit.submission import RESULTS_PER_QUERY, build_submission, load_submission, save_submission, \
     validate_submission
 
@@ -180,7 +180,7 @@ class _Race:
         if encoder.report():
             run.notes.append(encoder.report())
 
-    def choose_on_validation(self, fitted: Fitted, run: StrategyRun) -> tuple[Embeddings, PostProcessing]:
+    def choose_on_validation(self, fitted: Fitted, run: StrategyRun) -> tuple[Embeddings, Recipe]:
         """Embed the validation split (plain, and mirrored too when flip is undecided); keep the flip
         setting and re-ranking recipe with the best score. Returns that setting's embeddings."""
         flip_tta = self.config.flip_tta
@@ -196,11 +196,11 @@ class _Race:
             if best is None or choice.best_score.score > best[2].best_score.score:
                 best = (flip, embeddings, choice)
         flip, embeddings, choice = best
-        run.validation, run.post_processing, run.flip_tta = choice.best_score, choice.best.describe(), flip
+        run.validation, run.post_processing, run.flip_tta = choice.best_score, choice.best, flip
         return embeddings, choice.best
 
     def choose_post_processing(self, validation: Embeddings) -> PostProcessingChoice:
-        recipes = None if self.config.post_process else [recipe("none")]
+        recipes = None if self.config.post_process else [PLAIN]
         rows = readable_validation(validation, self.split)
         return choose_post_processing(rows.query, rows.gallery, rows.query_labels, rows.gallery_labels,
                                       recipes=recipes)
@@ -211,7 +211,7 @@ class _Race:
         run.embed_seconds += embeddings.seconds
         return embeddings
 
-    def write_submission(self, run: StrategyRun, test: Embeddings, chosen: PostProcessing) -> Path:
+    def write_submission(self, run: StrategyRun, test: Embeddings, chosen: Recipe) -> Path:
         """Rank the test gallery for each query with the chosen recipe; validate; save."""
         indices = rank_gallery(test, len(self.data.queries), chosen, RESULTS_PER_QUERY)
         submission = build_submission(self.data.queries, self.data.gallery, indices)
@@ -255,7 +255,7 @@ class _Race:
         run.notes.append(ensemble.search.describe())
         run.fit_seconds = run.seconds
         choice = self.choose_post_processing(ensemble.validation)
-        run.baseline, run.validation, run.post_processing = choice.baseline, choice.best_score, choice.best.describe()
+        run.baseline, run.validation, run.post_processing = choice.baseline, choice.best_score, choice.best
         flips = {member.flip_tta for member in kept}
         run.flip_tta = flips.pop() if len(flips) == 1 else None
         run.submission = self.write_submission(run, ensemble.test, choice.best)

@@ -11,6 +11,7 @@ from typing import Any, Iterator, Sequence
 from toolkit.race.selection import best_run
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import RetrievalScore
+from toolkit.retrieval.recipes import PLAIN, Recipe
 
 RUNNING = ("estimating", "fitting", "embedding")
 
@@ -32,7 +33,7 @@ class StrategyRun:
     submission: Path | None = None
     fit_seconds: float = 0.0
     embed_seconds: float = 0.0
-    post_processing: str = "none"      # the re-ranking recipe validation chose
+    post_processing: Recipe = PLAIN    # the post-processing recipe validation chose
     flip_tta: bool | None = False      # whether validation chose flip TTA (None: an ensemble of both)
     baseline: RetrievalScore | None = None   # validation without flip or post-processing
     notes: list[str] = field(default_factory=list)

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from toolkit.retrieval.embed import Embeddings
-from toolkit.retrieval.rerank import PostProcessing, ranked_indices
+from toolkit.retrieval.recipes import Recipe, ranked_indices
 
 
 @dataclass
@@ -37,7 +37,7 @@ def readable_validation(embeddings: Embeddings, split) -> ValidationRows:
                           query_paths=[item.path for item in queries], gallery_paths=[item.path for item in gallery])
 
 
-def rank_gallery(embeddings: Embeddings, query_count: int, recipe: PostProcessing, k: int) -> np.ndarray:
+def rank_gallery(embeddings: Embeddings, query_count: int, recipe: Recipe, k: int) -> np.ndarray:
     """Top-k gallery rows (0-based within the gallery) per query of embeddings laid out as queries
     then gallery. The recipe ranks the readable gallery; unreadable gallery images come last, so a
     query is always answered with k names. Unreadable queries are answered from their placeholder."""

@@ -1,9 +1,9 @@
-"""Post-processing after the embeddings: query expansion, database-side augmentation,
-k-reciprocal re-ranking and gallery-side assignment reasoning.
+"""The post-processing algorithms: query expansion, database-side augmentation, k-reciprocal
+re-ranking, gallery-side assignment reasoning, and per-side centring.
 
 Each operates on L2-normalised float32 embeddings (or a similarity matrix) with vectorised numpy
-and faiss, never Python loops over pairs. Each can also hurt, so the race tries them on the local
-validation split and keeps only what wins (`choose_post_processing`).
+and faiss, never Python loops over pairs. toolkit.retrieval.recipes names them, chains them into
+recipes and chooses among them on validation (each can also hurt).
 
 - alpha_query_expansion (alpha-QE, Radenovic et al.): q' = normalise(q + sum_{j<n} s_j^alpha g_j)
   over the query's top-n gallery neighbours, s_j clipped at 0.
@@ -24,17 +24,19 @@ validation split and keeps only what wins (`choose_post_processing`).
 - dual_softmax: "each gallery image shows one person": a gallery image that is the best match of
   many queries is discounted (softmax over the gallery for each query times softmax over the
   queries for each gallery image, at a temperature).
+- sinkhorn: a balanced assignment: exp(similarity / temperature) scaled by Sinkhorn iterations
+  until every query row and every gallery column carries the same mass; each query then ranks
+  the gallery by its row of the plan.
+- centre_sides: the query side and the gallery side each centred on its own mean and
+  re-normalised (photos and renderings sit in different regions of the embedding space).
 """
 from __future__ import annotations
 
-import itertools
-from dataclasses import dataclass, field
-from typing import Any, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from toolkit.retrieval.encoder import l2_normalise
-from toolkit.retrieval.metrics import RetrievalScore, score_rankings
 from toolkit.retrieval.search import top_k
 
 
@@ -68,6 +70,33 @@ def dual_softmax(similarity: np.ndarray, temperature: float = 0.05) -> np.ndarra
     over_queries = np.exp(logits - logits.max(axis=0, keepdims=True))
     over_queries /= over_queries.sum(axis=0, keepdims=True)
     return (over_gallery * over_queries).astype(np.float32)
+
+
+def sinkhorn(similarity: np.ndarray, temperature: float = 0.05, iterations: int = 30) -> np.ndarray:
+    """Log of the balanced transport plan of exp(similarity / temperature) (queries x gallery):
+    rows and columns scaled in the log domain until each query row sums to 1/queries and each
+    gallery column to 1/gallery. Higher is better; each row ranks as similarity/T + log v_j."""
+    logits = np.asarray(similarity, dtype=np.float64) / temperature
+    rows, columns = logits.shape
+    if rows == 0 or columns == 0:
+        return logits.astype(np.float32)
+    log_u, log_v = np.zeros(rows), np.zeros(columns)
+    for _ in range(iterations):
+        log_u = -np.log(rows) - _logsumexp(logits + log_v[None, :], axis=1)
+        log_v = -np.log(columns) - _logsumexp(logits + log_u[:, None], axis=0)
+    return (logits + log_u[:, None] + log_v[None, :]).astype(np.float32)
+
+
+def _logsumexp(values: np.ndarray, axis: int) -> np.ndarray:
+    top = values.max(axis=axis, keepdims=True)
+    return (top + np.log(np.exp(values - top).sum(axis=axis, keepdims=True))).squeeze(axis)
+
+
+def centre_sides(query: np.ndarray, gallery: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each side minus its own mean, re-normalised (an empty side stays as it is)."""
+    def centred(side: np.ndarray) -> np.ndarray:
+        return l2_normalise(side - side.mean(axis=0, keepdims=True)) if len(side) else side
+    return centred(query), centred(gallery)
 
 
 # ---------------------------------------------------------------- k-reciprocal
@@ -182,94 +211,3 @@ def k_reciprocal_distance(query: np.ndarray, gallery: np.ndarray, k1: int = 20, 
         original = np.maximum(2.0 - 2.0 * features[rows] @ features[query_count:].T, 0.0)
         result[start:start + len(rows)] = (1 - lambda_value) * jaccard + lambda_value * original
     return result
-
-
-# ---------------------------------------------------------------- choosing on validation
-
-
-@dataclass(frozen=True)
-class PostProcessing:
-    """One post-processing recipe: a method name and its parameters ("none" does nothing)."""
-    method: str = "none"
-    params: tuple[tuple[str, Any], ...] = ()
-
-    @property
-    def options(self) -> dict[str, Any]:
-        return dict(self.params)
-
-    def describe(self) -> str:
-        if self.method == "none":
-            return "none"
-        return f"{self.method}(" + ", ".join(f"{key}={value}" for key, value in self.params) + ")"
-
-
-def recipe(method: str, **params: Any) -> PostProcessing:
-    return PostProcessing(method, tuple(sorted(params.items())))
-
-
-def candidate_recipes() -> list[PostProcessing]:
-    """The small grid the race searches on validation."""
-    grid = [recipe("none")]
-    grid += [recipe("alpha-qe", n=n, alpha=alpha) for n, alpha in itertools.product((1, 2, 3), (1.0, 3.0))]
-    grid += [recipe("dba", n=n, alpha=alpha) for n, alpha in itertools.product((1, 2), (1.0, 3.0))]
-    grid += [recipe("dba+alpha-qe", n=n, alpha=3.0) for n in (1, 2)]
-    grid += [recipe("k-reciprocal", k1=k1, k2=k2, lambda_value=lam)
-             for k1, k2, lam in itertools.product((10, 20), (3, 6), (0.3,))]
-    grid += [recipe("dual-softmax", temperature=t) for t in (0.02, 0.05, 0.1)]
-    return grid
-
-
-def ranked_indices(recipe_: PostProcessing, query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
-    """Top-k gallery indices per query after applying the recipe."""
-    options, method = recipe_.options, recipe_.method
-    k = min(k, len(gallery))
-    if method in ("none", "alpha-qe", "dba", "dba+alpha-qe"):
-        if method in ("dba", "dba+alpha-qe"):
-            gallery = database_augmentation(gallery, options["n"], options["alpha"])
-        if method in ("alpha-qe", "dba+alpha-qe"):
-            query = alpha_query_expansion(query, gallery, options["n"], options["alpha"])
-        return top_k(query, gallery, k)[1]
-    if method == "k-reciprocal":
-        return _best_k(-k_reciprocal_distance(query, gallery, **options), k)
-    if method == "dual-softmax":
-        return _best_k(dual_softmax(query @ gallery.T, **options), k)
-    raise ValueError(f"unknown post-processing {method!r}")
-
-
-def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row, best first (ties: lower index first)."""
-    if k == 0:
-        return np.zeros((len(scores), 0), dtype=np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
-    return np.take_along_axis(part, order, 1)
-
-
-@dataclass
-class PostProcessingChoice:
-    best: PostProcessing
-    scores: list[tuple[PostProcessing, RetrievalScore]] = field(default_factory=list)
-
-    @property
-    def baseline(self) -> RetrievalScore:
-        return next(score for recipe_, score in self.scores if recipe_.method == "none")
-
-    @property
-    def best_score(self) -> RetrievalScore:
-        return next(score for recipe_, score in self.scores if recipe_ == self.best)
-
-
-def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
-                           recipes: Sequence[PostProcessing] | None = None, k: int = 10,
-                           min_gain: float = 1.0) -> PostProcessingChoice:
-    """Score every recipe on validation; keep "none" unless another beats it by min_gain points."""
-    scored = []
-    labels = np.asarray(gallery_labels, dtype=object)
-    for candidate in recipes or candidate_recipes():
-        indices = ranked_indices(candidate, query, gallery, k)
-        scored.append((candidate, score_rankings(labels[indices].tolist(), list(query_labels), list(gallery_labels))))
-    baseline = next(score for candidate, score in scored if candidate.method == "none")
-    best, best_score = max(scored, key=lambda pair: pair[1].score)
-    if best_score.score < baseline.score + min_gain:
-        best = recipe("none")
-    return PostProcessingChoice(best=best, scores=scored)

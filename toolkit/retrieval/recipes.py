@@ -1,0 +1,199 @@
+"""Post-processing recipes: named steps from a registry, chained, stored as {name, params} and
+chosen on validation.
+
+A recipe is a chain of steps. Transforms change the embeddings (`centre`, `alpha-qe`, `dba`);
+scorers turn them into a score matrix, higher is better (`k-reciprocal` from the features,
+`dual-softmax` and `sinkhorn` from the scores before them). The empty chain is plain cosine
+nearest neighbours ("none"). A recipe is stored as a list of {"name", "params"} (to_record) and
+read back by name, so any recipe of registered steps can be replayed, not only the grid's.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import re
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from toolkit.retrieval import rerank
+from toolkit.retrieval.metrics import RetrievalScore, score_rankings
+from toolkit.retrieval.search import top_k
+
+Transform = Callable[..., tuple[np.ndarray, np.ndarray]]     # (query, gallery, **params) -> (query, gallery)
+Scorer = Callable[..., np.ndarray]                           # (scores, query, gallery, **params) -> scores
+
+TRANSFORMS: dict[str, Transform] = {
+    "centre": lambda query, gallery: rerank.centre_sides(query, gallery),
+    "dba": lambda query, gallery, n, alpha: (query, rerank.database_augmentation(gallery, n, alpha)),
+    "alpha-qe": lambda query, gallery, n, alpha: (rerank.alpha_query_expansion(query, gallery, n, alpha), gallery),
+}
+SCORERS: dict[str, Scorer] = {
+    "k-reciprocal": lambda scores, query, gallery, **params: -rerank.k_reciprocal_distance(query, gallery, **params),
+    "dual-softmax": lambda scores, query, gallery, temperature: rerank.dual_softmax(scores, temperature),
+    "sinkhorn": lambda scores, query, gallery, temperature: rerank.sinkhorn(scores, temperature),
+}
+FROM_FEATURES = ("k-reciprocal",)        # scorers that read the features, not the scores before them
+
+
+@dataclass(frozen=True)
+class Step:
+    """One registered step and its parameters."""
+    name: str
+    params: tuple[tuple[str, Any], ...] = ()
+
+    def __post_init__(self):
+        if self.name not in TRANSFORMS and self.name not in SCORERS:
+            known = ", ".join(sorted(TRANSFORMS) + sorted(SCORERS))
+            raise ValueError(f"unknown post-processing step {self.name!r}; known: {known}")
+
+    def describe(self) -> str:
+        if not self.params:
+            return self.name
+        return f"{self.name}(" + ", ".join(f"{key}={value}" for key, value in self.params) + ")"
+
+
+def step(name: str, **params: Any) -> Step:
+    return Step(name, tuple(sorted(params.items())))
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Transforms, then scorers; no steps: plain nearest neighbours."""
+    steps: tuple[Step, ...] = ()
+
+    def __post_init__(self):
+        kinds = [step_.name in SCORERS for step_ in self.steps]
+        if kinds != sorted(kinds):
+            raise ValueError(f"post-processing {self.describe()}: transforms come before scorers")
+        scorers = [step_.name for step_ in self.steps if step_.name in SCORERS]
+        if any(name in FROM_FEATURES for name in scorers[1:]):
+            raise ValueError(f"post-processing {self.describe()}: {scorers[1]} must be the first scorer")
+
+    @property
+    def plain(self) -> bool:
+        return not self.steps
+
+    def describe(self) -> str:
+        return " + ".join(step_.describe() for step_ in self.steps) or "none"
+
+    def to_record(self) -> list[dict[str, Any]]:
+        return [{"name": step_.name, "params": dict(step_.params)} for step_ in self.steps]
+
+    @classmethod
+    def from_record(cls, value: "Recipe | str | Sequence | None") -> "Recipe":
+        """A recipe from to_record()'s list, its JSON text, or the display text older rows kept
+        ("none", "dual-softmax(temperature=0.1)", "dba+alpha-qe(alpha=3.0, n=1)")."""
+        if isinstance(value, Recipe):
+            return value
+        if value is None or value in ("", "none"):
+            return cls()
+        if isinstance(value, str):
+            try:
+                value = json.loads(value)
+            except json.JSONDecodeError:
+                return _from_display_text(value)
+        return cls(tuple(step(item["name"], **item.get("params", {})) for item in value))
+
+
+def recipe(*steps: Step) -> Recipe:
+    return Recipe(tuple(steps))
+
+
+PLAIN = Recipe()
+_DISPLAY = re.compile(r"^\s*([\w+-]+)\s*(?:\((.*)\))?\s*$")
+
+
+def _from_display_text(text: str) -> Recipe:
+    steps = []
+    for part in text.split(" + "):
+        match = _DISPLAY.match(part)
+        if not match:
+            raise ValueError(f"cannot read post-processing {text!r}")
+        params = {}
+        for pair in filter(None, (item.strip() for item in (match.group(2) or "").split(","))):
+            key, _, number = pair.partition("=")
+            params[key.strip()] = _number(number.strip())
+        steps += [step(name, **params) for name in match.group(1).split("+")]   # "dba+alpha-qe" shared its params
+    return Recipe(tuple(steps))
+
+
+def _number(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def ranked_indices(chosen: Recipe, query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:
+    """Top-k gallery indices per query after applying the recipe (ties: lower index first)."""
+    k = min(k, len(gallery))
+    scores = None
+    for step_ in chosen.steps:
+        params = dict(step_.params)
+        if step_.name in TRANSFORMS:
+            query, gallery = TRANSFORMS[step_.name](query, gallery, **params)
+        else:
+            if scores is None:
+                scores = query @ gallery.T
+            scores = SCORERS[step_.name](scores, query, gallery, **params)
+    if scores is None:
+        return top_k(query, gallery, k)[1]
+    return _best_k(scores, k)
+
+
+def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores per row, best first (ties: lower index first)."""
+    if k == 0:
+        return np.zeros((len(scores), 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
+
+
+def candidate_recipes() -> list[Recipe]:
+    """The small grid the race searches on validation."""
+    grid = [PLAIN]
+    grid += [recipe(step("alpha-qe", n=n, alpha=alpha)) for n, alpha in itertools.product((1, 2, 3), (1.0, 3.0))]
+    grid += [recipe(step("dba", n=n, alpha=alpha)) for n, alpha in itertools.product((1, 2), (1.0, 3.0))]
+    grid += [recipe(step("dba", n=n, alpha=3.0), step("alpha-qe", n=n, alpha=3.0)) for n in (1, 2)]
+    grid += [recipe(step("k-reciprocal", k1=k1, k2=k2, lambda_value=lam))
+             for k1, k2, lam in itertools.product((10, 20), (3, 6), (0.3,))]
+    grid += [recipe(step("dual-softmax", temperature=t)) for t in (0.02, 0.05, 0.1)]
+    return grid
+
+
+@dataclass
+class PostProcessingChoice:
+    best: Recipe
+    scores: list[tuple[Recipe, RetrievalScore]] = field(default_factory=list)
+
+    @property
+    def baseline(self) -> RetrievalScore:
+        return next(score for candidate, score in self.scores if candidate.plain)
+
+    @property
+    def best_score(self) -> RetrievalScore:
+        return next(score for candidate, score in self.scores if candidate == self.best)
+
+
+def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
+                           recipes: Sequence[Recipe] | None = None, k: int = 10,
+                           min_gain: float = 1.0) -> PostProcessingChoice:
+    """Score every recipe on validation; keep plain unless another beats it by min_gain points."""
+    scored = []
+    labels = np.asarray(gallery_labels, dtype=object)
+    candidates = list(recipes or candidate_recipes())
+    if PLAIN not in candidates:
+        candidates.insert(0, PLAIN)
+    for candidate in candidates:
+        indices = ranked_indices(candidate, query, gallery, k)
+        scored.append((candidate, score_rankings(labels[indices].tolist(), list(query_labels), list(gallery_labels))))
+    baseline = next(score for candidate, score in scored if candidate.plain)
+    best, best_score = max(scored, key=lambda pair: pair[1].score)
+    if best_score.score < baseline.score + min_gain:
+        best = PLAIN
+    return PostProcessingChoice(best=best, scores=scored)
