@@ -75,3 +75,30 @@ def test_detection_on_the_generated_competition(synthetic_competition):
     from toolkit.data.split import detect_gallery_pattern
 
     assert detect_gallery_pattern(find_competition(synthetic_competition).training) == "*_s.*"
+
+
+def test_few_identities_get_more_folds_none_held_out_twice():
+    from toolkit.data.split import make_validation_folds, make_validation_split
+
+    training = _training({f"id{n:02d}": 3 for n in range(12)})
+    folds = make_validation_folds(training, held_out_fraction=0.2, seed=0, min_identities=20)
+    assert folds[0] == make_validation_split(training, held_out_fraction=0.2, seed=0)
+    assert len(folds) == 5                              # 2 identities a fold, capped at five folds
+    held = [fold.held_out_identities for fold in folds]
+    assert all(not a & b for i, a in enumerate(held) for b in held[i + 1:])
+    for fold in folds:
+        assert not {item.label for item in fold.fit} & fold.held_out_identities
+    many = _training({f"id{n:03d}": 3 for n in range(150)})
+    assert len(make_validation_folds(many, held_out_fraction=0.2, seed=0, min_identities=20)) == 1
+
+
+def test_roles_are_the_same_in_every_fold_and_in_the_role_split():
+    from toolkit.data.split import make_validation_folds, role_split
+
+    training = _training({f"id{n:02d}": 4 for n in range(10)})
+    everything = role_split(training, seed=3)
+    assert not everything.fit and everything.held_out_identities == {item.label for item in training}
+    queries = {item.path for item in everything.queries}
+    for fold in make_validation_folds(training, held_out_fraction=0.2, seed=3, min_identities=10):
+        assert {item.path for item in fold.queries} <= queries
+        assert not {item.path for item in fold.gallery} & queries

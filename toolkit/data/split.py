@@ -5,7 +5,9 @@ Within each held-out identity the images take query or gallery roles; held-out i
 single image become gallery distractors, as the test gallery has distractors. By default roles are
 drawn at random; `gallery_pattern` (a filename glob such as "*_s.*") gives the gallery role to
 the matching files instead, when the training folder marks the stylised renderings by name.
-Seeded and reproducible: the same inputs and seed give the same split.
+Seeded and reproducible: the same inputs and seed give the same split. With few identities,
+`make_validation_folds` adds folds holding out other identities; `role_split` puts every
+identity in its roles, for strategies that fit nothing.
 """
 from __future__ import annotations
 
@@ -58,32 +60,87 @@ def detect_gallery_pattern(training: Sequence[LabelledImage]) -> str | None:
     return f"*{separator}{token}.*"
 
 
+MIN_VALIDATION_IDENTITIES = 20   # a split holding out fewer identities that give queries gets folds
+MAX_FOLDS = 5
+
+
 def make_validation_split(training: Sequence[LabelledImage], held_out_fraction: float = 0.2,
                           seed: int = 0, query_fraction: float = 0.5,
                           gallery_pattern: str | None = None) -> ValidationSplit:
     if not 0 < held_out_fraction < 1:
         raise ValueError(f"held_out_fraction must be between 0 and 1, not {held_out_fraction}")
-    by_identity: dict[str, list[LabelledImage]] = {}
-    for item in training:
-        by_identity.setdefault(item.label, []).append(item)
+    by_identity = _by_identity(training)
     identities = sorted(by_identity)
-    pairable = [name for name in identities if len(by_identity[name]) >= 2]
-    if not pairable:
-        raise ValueError("validation needs at least one training identity with two or more images")
+    pairable = _pairable(by_identity)
     rng = random.Random(seed)
     held_out_count = max(1, round(held_out_fraction * len(identities)))
     held_out = set(rng.sample(identities, min(held_out_count, len(identities))))
     if not held_out & set(pairable):  # at least one identity must give a query and its match
         held_out.add(rng.choice(pairable))
+    return _holding_out(by_identity, held_out, seed, query_fraction, gallery_pattern)
 
+
+def make_validation_folds(training: Sequence[LabelledImage], held_out_fraction: float = 0.2, seed: int = 0,
+                          gallery_pattern: str | None = None, min_identities: int = MIN_VALIDATION_IDENTITIES,
+                          max_folds: int = MAX_FOLDS) -> list[ValidationSplit]:
+    """Identity-disjoint validation folds. The first is make_validation_split's; when it holds out
+    fewer than `min_identities` identities that give a query, more folds hold out other identities
+    (groups of the same size, none held out twice) until there are enough or `max_folds`, so that
+    a score pooled over the folds rests on more queries."""
+    first = make_validation_split(training, held_out_fraction, seed, gallery_pattern=gallery_pattern)
+    by_identity = _by_identity(training)
+    pairable = set(_pairable(by_identity))
+    folds, used = [first], set(first.held_out_identities)
+    size = len(first.held_out_identities)
+    rest = sorted(set(by_identity) - used)
+    random.Random(f"folds/{seed}").shuffle(rest)
+    while rest and len(folds) < max_folds and len(_query_identities(folds) & pairable) < min_identities:
+        group, rest = set(rest[:size]), rest[size:]
+        if not group & pairable:
+            continue
+        folds.append(_holding_out(by_identity, group, seed, 0.5, gallery_pattern))
+    return folds
+
+
+def role_split(training: Sequence[LabelledImage], seed: int = 0,
+               gallery_pattern: str | None = None) -> ValidationSplit:
+    """Every identity in its validation roles and nothing left to fit on: where strategies that fit
+    nothing make their choices. An image has the role here that it has in any fold."""
+    by_identity = _by_identity(training)
+    if not _pairable(by_identity):
+        raise ValueError("validation needs at least one training identity with two or more images")
+    return _holding_out(by_identity, set(by_identity), seed, 0.5, gallery_pattern)
+
+
+def _by_identity(training: Sequence[LabelledImage]) -> dict[str, list[LabelledImage]]:
+    by_identity: dict[str, list[LabelledImage]] = {}
+    for item in training:
+        by_identity.setdefault(item.label, []).append(item)
+    return by_identity
+
+
+def _pairable(by_identity: dict[str, list[LabelledImage]]) -> list[str]:
+    pairable = [name for name in sorted(by_identity) if len(by_identity[name]) >= 2]
+    if not pairable:
+        raise ValueError("validation needs at least one training identity with two or more images")
+    return pairable
+
+
+def _query_identities(folds: Sequence[ValidationSplit]) -> set[str]:
+    return {item.label for fold in folds for item in fold.queries}
+
+
+def _holding_out(by_identity: dict[str, list[LabelledImage]], held_out: set[str], seed: int,
+                 query_fraction: float, gallery_pattern: str | None) -> ValidationSplit:
     fit, queries, gallery = [], [], []
-    for name in identities:
+    for name in sorted(by_identity):
         images = sorted(by_identity[name], key=lambda item: str(item.path))
         if name not in held_out:
             fit.extend(images)
         elif len(images) == 1:
             gallery.extend(images)
         else:
+            rng = random.Random(f"roles/{seed}/{name}")    # an image's role does not depend on the fold
             query_part, gallery_part = _assign_roles(images, rng, query_fraction, gallery_pattern)
             queries.extend(query_part)
             gallery.extend(gallery_part)

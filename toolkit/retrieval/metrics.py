@@ -63,7 +63,14 @@ class RetrievalScore:
     top10: float
     map_at_10: float
     queries: int
-    ranks: np.ndarray = field(repr=False, compare=False)
+    ranks: np.ndarray = field(repr=False, compare=False)             # each query's first-hit rank
+    precisions: np.ndarray | None = field(default=None, repr=False, compare=False)   # each query's AP@10
+
+    @property
+    def per_query(self) -> np.ndarray:
+        """Each query's own competition score (600, 900 or 1000 for a hit at 1; 0 for none); their
+        mean is `score`."""
+        return query_scores(self.ranks)
 
     def as_dict(self) -> dict:
         return {"score": self.score, "top1": self.top1, "top5": self.top5, "top10": self.top10,
@@ -80,10 +87,32 @@ def score_rankings(ranked_labels: Sequence[Sequence], query_labels: Sequence,
     for label in gallery_labels:
         label_counts[label] = label_counts.get(label, 0) + 1
     relevant = [label_counts.get(label, 0) for label in query_labels]
+    return score_from_ranks(ranks, average_precisions(ranked_labels, query_labels, relevant))
+
+
+def score_from_ranks(ranks: np.ndarray, precisions: np.ndarray) -> RetrievalScore:
+    """The score of queries given their first-hit ranks and their AP@10."""
+    ranks, precisions = np.asarray(ranks, dtype=np.int64), np.asarray(precisions, dtype=np.float64)
     top1, top5, top10 = (top_k_accuracy(ranks, k) for k in (1, 5, 10))
-    mean_ap = float(np.mean(average_precisions(ranked_labels, query_labels, relevant))) if len(ranks) else 0.0
+    mean_ap = float(np.mean(precisions)) if len(ranks) else 0.0
     return RetrievalScore(score=competition_score(top1, top5, top10), top1=top1, top5=top5,
-                          top10=top10, map_at_10=mean_ap, queries=len(ranks), ranks=ranks)
+                          top10=top10, map_at_10=mean_ap, queries=len(ranks), ranks=ranks, precisions=precisions)
+
+
+def pooled_score(scores: Sequence[RetrievalScore]) -> RetrievalScore:
+    """One score over the queries of several validation folds together."""
+    if len(scores) == 1:
+        return scores[0]
+    return score_from_ranks(np.concatenate([score.ranks for score in scores]),
+                            np.concatenate([score.precisions for score in scores]))
+
+
+def query_scores(ranks: np.ndarray) -> np.ndarray:
+    """Each query's competition score from its first-hit rank (0: no hit in the list)."""
+    ranks = np.asarray(ranks)
+    hit = ranks >= 1
+    return (SCORE_WEIGHTS[1] * (hit & (ranks <= 1)) + SCORE_WEIGHTS[5] * (hit & (ranks <= 5))
+            + SCORE_WEIGHTS[10] * (hit & (ranks <= 10))).astype(np.float64)
 
 
 class AnswersError(ValueError):

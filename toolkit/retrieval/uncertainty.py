@@ -1,0 +1,37 @@
+"""How sure a validation score is: bootstrap intervals over the validation queries, for one run's
+score and for the difference between two runs scored on the same queries (paired)."""
+from __future__ import annotations
+
+import numpy as np
+
+RESAMPLES = 2000
+LEVEL = 0.9
+
+
+def _resampled_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, len(values), size=(resamples, len(values)))
+    return values[picks].mean(axis=1)
+
+
+def score_interval(per_query: np.ndarray, level: float = LEVEL, resamples: int = RESAMPLES,
+                   seed: int = 0) -> tuple[float, float]:
+    """The central `level` interval of the mean of per-query scores over bootstrap resamples of
+    the queries ((score, score) with fewer than two queries)."""
+    values = np.asarray(per_query, dtype=np.float64)
+    if len(values) < 2:
+        mean = float(values.mean()) if len(values) else 0.0
+        return mean, mean
+    means = _resampled_means(values, resamples, seed)
+    tail = (1 - level) / 2
+    return float(np.quantile(means, tail)), float(np.quantile(means, 1 - tail))
+
+
+def difference_interval(better: np.ndarray, other: np.ndarray, level: float = LEVEL,
+                        resamples: int = RESAMPLES, seed: int = 0) -> tuple[float, float]:
+    """The interval of mean(better - other) over the same queries resampled together: when it
+    holds 0, the two runs are tied on this validation."""
+    better, other = np.asarray(better, dtype=np.float64), np.asarray(other, dtype=np.float64)
+    if better.shape != other.shape:
+        raise ValueError(f"paired scores need the same queries: {better.shape} vs {other.shape}")
+    return score_interval(better - other, level, resamples, seed)
