@@ -296,7 +296,7 @@ LEADERBOARD_HELP = "leaderboard file (default: the setting `leaderboard`, leader
 def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all)
     """Runs best first: validation score beside the server's score, timings, submission files."""
     from toolkit.machine.console import console
-    from toolkit.records.leaderboard import leaderboard_table, race_title
+    from toolkit.views.leaderboard import leaderboard_table, race_title
 
     race_id = _number(race, "--race")
     with _open_leaderboard(leaderboard) as board:

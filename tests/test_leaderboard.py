@@ -9,9 +9,11 @@ import time
 import pytest
 
 from tests.conftest import PROJECT
+from tests.racing import race as run_race
 from toolkit.data.dataset import find_competition
-from toolkit.records.leaderboard import SCHEMA_VERSION, TABLES, Leaderboard, LeaderboardError, leaderboard_table
-from toolkit.race.runner import run_race
+from toolkit.records.migrations import SCHEMA_VERSION
+from toolkit.records.store import TABLES, Leaderboard, LeaderboardError
+from toolkit.views.leaderboard import leaderboard_table
 
 
 def _python(code: str, *arguments: str) -> subprocess.Popen:

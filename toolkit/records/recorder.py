@@ -1,0 +1,75 @@
+"""The recorder the race calls: one race row when it starts, one run row as each run ends (so a
+crash later loses nothing), the race's seconds when it is done.
+
+A leaderboard problem is a warning, never the end of the race. `run_fields` says what a race's
+run (toolkit.race.runner.StrategyRun) becomes in a run row.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from toolkit.records.provenance import data_fingerprint
+from toolkit.records.store import Leaderboard, LeaderboardError, open_leaderboard
+
+
+def run_fields(run: Any) -> dict[str, Any]:
+    """The run row's fields (toolkit.records.store.Run) of a StrategyRun, race and id aside."""
+    score = run.validation
+    return dict(
+        name=run.label, strategy=run.strategy, options=run.options, status=run.status, reason=run.reason or None,
+        notes="; ".join(run.notes) or None, fit_seconds=run.fit_seconds, embed_seconds=run.embed_seconds,
+        validation_score=score.score if score else None, validation_top1=score.top1 if score else None,
+        validation_top5=score.top5 if score else None, validation_top10=score.top10 if score else None,
+        validation_map_at_10=score.map_at_10 if score else None, validation_queries=score.queries if score else None,
+        plain_score=run.baseline.score if getattr(run, "baseline", None) else None,
+        flip_tta=getattr(run, "flip_tta", None) if score else None,
+        post_processing=getattr(run, "post_processing", None) if score else None,
+        submission_path=str(Path(run.submission).resolve()) if run.submission else None)
+
+
+class RaceRecorder:
+    """Records one race into a leaderboard (a Leaderboard, its file, or None: nothing recorded)."""
+
+    def __init__(self, leaderboard: Leaderboard | str | os.PathLike[str] | None, data: Any,
+                 budget_seconds: float | None, options: dict):
+        self.board: Leaderboard | None = None
+        self.owned = not isinstance(leaderboard, Leaderboard)
+        self.race_id: int | None = None
+        if leaderboard is None:
+            return
+        try:
+            self.board = open_leaderboard(leaderboard)
+            self.race_id = self.board.start_race(Path(data.root).resolve(), data_fingerprint(data),
+                                                 budget_seconds, options).id
+        except (LeaderboardError, SQLAlchemyError, OSError) as error:
+            self._warn(error)
+
+    def run_ended(self, run: Any) -> None:
+        """Record a StrategyRun (toolkit.race.runner) once its status is final; sets run.run_id."""
+        if self.board is None:
+            return
+        try:
+            run.run_id = self.board.add_run(race_id=self.race_id, **run_fields(run)).id
+        except (LeaderboardError, SQLAlchemyError, OSError) as error:
+            self._warn(error)
+
+    def race_ended(self, seconds: float) -> None:
+        if self.board is None:
+            return
+        try:
+            if self.race_id is not None:
+                self.board.finish_race(self.race_id, seconds)
+        except (LeaderboardError, SQLAlchemyError, OSError) as error:
+            self._warn(error)
+        finally:
+            if self.owned:
+                self.board.close()
+
+    def _warn(self, error: Exception) -> None:
+        from toolkit.machine.console import warn
+        where = self.board.path if self.board else "the leaderboard"
+        warn(f"not recorded in {where}: {getattr(error, 'orig', None) or error}")
