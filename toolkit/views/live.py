@@ -1,13 +1,11 @@
-"""The race on screen: a live table while it runs, the results table when it is done.
-
-While it runs: every strategy's status, estimate, time used and validation score, with the time
-left in the budget, refreshed as things change.
+"""The race on screen while it runs: every strategy's status, estimate, time used and validation
+score, with the time left in the budget, refreshed as things change.
 
 The table is a rich Live display. The progress bars of toolkit.retrieval.embed are Live displays of their
 own; rich (15.0 and later) nests them, so they render under the table while a strategy embeds and
 print above it when done. With an older rich, which allows one Live display at a time, the table
 is printed between strategies instead. Off when show_progress is False (and transient: the final
-race table replaces it).
+results table, toolkit.views.race.race_table, replaces it; still importable from here).
 """
 from __future__ import annotations
 
@@ -19,8 +17,9 @@ from rich.markup import escape
 from rich.table import Table
 from rich.text import Text
 
-from toolkit.race.budget import Budget
 from toolkit.machine.console import console
+from toolkit.race.budget import Budget
+from toolkit.views.race import race_table  # noqa: F401 (the results table, imported from here by the runner)
 
 STATUS_STYLES = {"queued": "dim", "estimating": "cyan", "fitting": "bold cyan", "embedding": "bold cyan",
                  "finished": "green", "skipped": "yellow", "failed": "red", "timed-out": "red"}
@@ -77,44 +76,3 @@ def _used(run) -> str:
         return "-"
     ended = run.ended if run.ended is not None else time.monotonic()
     return f"{ended - run.started:.1f}"
-
-
-# --- when it is done -------------------------------------------------------------------------------
-
-
-def post_processing_label(run) -> str:
-    parts = (["flip"] if run.flip_tta else []) + ([run.post_processing] if run.post_processing != "none" else [])
-    return " + ".join(parts) or "none"
-
-
-def race_table(result) -> Table:
-    """The results of a race (toolkit.race.runner.RaceResult), best first, the best in green."""
-    best = result.best
-    table = Table(title="race: local validation (identities held out of training/)", caption=_caption(result))
-    left = ("strategy", "status", "post-processing", "submission / reason")
-    for column in ("strategy", "status", "score", "plain", "Top1", "Top5", "Top10", "mAP@10", "post-processing",
-                   "est s", "fit s", "embed s", "submission / reason"):
-        table.add_column(column, justify="left" if column in left else "right", no_wrap=column in ("strategy", "status"),
-                         overflow="fold" if column == "submission / reason" else "ellipsis")
-    ordered = sorted(result.runs, key=lambda run: -(run.validation.score if run.validation else -1))
-    for run in ordered:
-        score = run.validation
-        cells = [f"{score.score:.1f}", f"{run.baseline.score:.1f}" if run.baseline else "-", f"{score.top1:.3f}",
-                 f"{score.top5:.3f}", f"{score.top10:.3f}", f"{score.map_at_10:.3f}",
-                 post_processing_label(run)] if score else ["-"] * 7
-        detail = run.submission.name if run.submission else run.reason      # the folder: --submissions
-        if run.notes:
-            detail += f" ({'; '.join(run.notes)})"
-        style = "bold green" if run is best else ("red" if run.status in ("failed", "timed-out") else None)
-        estimate = f"{run.estimate:.1f}" if run.estimate is not None else "-"
-        table.add_row(escape(run.label), run.status, *map(escape, cells), estimate, f"{run.fit_seconds:.1f}",
-                      f"{run.embed_seconds:.1f}", escape(detail), style=style)
-    return table
-
-
-def _caption(result) -> str:
-    budget = f"budget {result.budget_seconds:g} s, " if result.budget_seconds is not None else ""
-    caption = f"{budget}{result.seconds:.1f} s used" + (", interrupted" if result.interrupted else "")
-    if result.best_submission:
-        caption += f"; best copied to {result.best_submission}"
-    return escape(caption)
