@@ -237,7 +237,8 @@ def doctor(c, data="data", strategies=None):
     """What this machine can do: Python/torch, GPU, CPU/RAM, weights on disk, free disk, data, server."""
     from strategies import parse_strategy_specs
     from toolkit.machine.console import console
-    from toolkit.machine.doctor import doctor_table, run_doctor
+    from toolkit.machine.doctor import run_doctor
+    from toolkit.views.doctor import doctor_table
 
     try:
         specs = parse_strategy_specs(strategies) if strategies else None

@@ -1,7 +1,7 @@
-"""What this machine can do, on one screen: `invoke doctor`.
+"""What this machine can do: the checks behind `invoke doctor`, returned as plain data.
 
     report = run_doctor(data_root=Path("data"))
-    console.print(doctor_table(report))
+    console.print(doctor_table(report))          # toolkit.views.doctor
 
 It checks Python and torch, the GPU (or its absence), CPU cores and RAM, which strategies have
 their weights on disk (weights_status(): nothing is downloaded), free disk, the competitions under
@@ -20,12 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
-
-from toolkit.machine.console import human_size
-
-__all__ = ["DoctorReport", "default_doctor_specs", "doctor_table", "run_doctor"]
+__all__ = ["DoctorReport", "default_doctor_specs", "run_doctor"]
 
 #: Checked beside each registered strategy's defaults: the open_clip pairs worth having on the day.
 COMMON_EXTRA_SPECS = "clip-zs[model=ViT-B-16,pretrained=laion2b_s34b_b88k],clip-zs[model=ViT-L-14,pretrained=openai]"
@@ -67,17 +62,20 @@ class ServerCheck:
 @dataclass
 class DoctorReport:
     python: str
+    python_executable: str
     torch: str
     torch_build: str                 # "CUDA 12.1" or "CPU-only build"
     gpus: list[Gpu]
     gpu_note: str                    # why there is no GPU, when there is none
     cpu_cores: int
     usable_cores: int
+    architecture: str                # platform.machine(): x86_64, arm64
     ram_total: int | None
     ram_available: int | None
     disks: list[tuple[Path, int, int]]          # (folder, free bytes, total bytes)
     strategies: list[StrategyCheck]
     data_root: Path
+    data_root_exists: bool
     competitions: list[CompetitionCheck]
     partial_downloads: list[tuple[Path, int]]   # *.part files under the data folder
     server: ServerCheck
@@ -245,69 +243,12 @@ def run_doctor(data_root: str | os.PathLike = "data", specs: list[tuple[str, dic
     total, available = _memory()
     competitions, partial = check_data(data_root)
     report = DoctorReport(
-        python=platform.python_version(), torch=torch_version, torch_build=build, gpus=gpus, gpu_note=gpu_note,
-        cpu_cores=os.cpu_count() or 1, usable_cores=_usable_cores(), ram_total=total, ram_available=available,
+        python=platform.python_version(), python_executable=sys.executable, torch=torch_version, torch_build=build,
+        gpus=gpus, gpu_note=gpu_note, cpu_cores=os.cpu_count() or 1, usable_cores=_usable_cores(),
+        architecture=platform.machine(), ram_total=total, ram_available=available,
         disks=_disks([data_root, Path(hugging_face_cache_dir())]),
         strategies=check_strategies(specs if specs is not None else default_doctor_specs()),
-        data_root=data_root, competitions=competitions, partial_downloads=partial,
+        data_root=data_root, data_root_exists=data_root.is_dir(), competitions=competitions, partial_downloads=partial,
         server=_server_from_settings(project, server_timeout))
     report.seconds = time.perf_counter() - started
     return report
-
-
-def doctor_table(report: DoctorReport) -> Table:
-    """The report as one rich table: check, status, detail."""
-    table = Table(title="retrieval-race doctor", title_justify="left")
-    for column in ("check", "status", "detail"):
-        table.add_column(column, overflow="fold")
-
-    def section(title: str) -> None:
-        table.add_section()
-        table.add_row(f"[bold]{title}[/bold]", "", "")
-
-    section("machine")
-    table.add_row("Python", report.python, escape(sys.executable))
-    table.add_row("torch", report.torch, report.torch_build)
-    if report.gpus:
-        for gpu in report.gpus:
-            memory = f"{human_size(gpu.memory_bytes)} memory" if gpu.memory_bytes else ""
-            table.add_row("GPU", f"[green]{escape(gpu.name)}[/green]", memory)
-    else:
-        table.add_row("GPU", "[yellow]no GPU[/yellow]", escape(report.gpu_note))
-    cores = f"{report.cpu_cores} cores" + (f" ({report.usable_cores} usable)" if report.usable_cores != report.cpu_cores else "")
-    table.add_row("CPU", cores, platform.machine())
-    if report.ram_total:
-        table.add_row("RAM", human_size(report.ram_total),
-                      f"{human_size(report.ram_available)} available" if report.ram_available else "")
-    for folder, free, total in report.disks:
-        colour = "green" if free > 20e9 else "yellow" if free > 5e9 else "red"
-        table.add_row("disk", f"[{colour}]{human_size(free)} free[/{colour}]", f"of {human_size(total)}, at {escape(str(folder))}")
-
-    section("strategies (weights on disk)")
-    for check in report.strategies:
-        status = "[green]available[/green]" if check.available else "[red]not available[/red]"
-        table.add_row(escape(check.label), status, escape(check.detail))
-
-    section(f"data ({escape(str(report.data_root))})")
-    if not report.competitions:
-        what = "no competition found" if report.data_root.is_dir() else "no such folder"
-        table.add_row(escape(str(report.data_root)), f"[yellow]{what}[/yellow]",
-                      "get one with `invoke download URL`, or draw one with `invoke demo`")
-    for competition in report.competitions:
-        source = f" (from {competition.downloaded_from})" if competition.downloaded_from else ""
-        name = escape(competition.folder.name or str(competition.folder))
-        if competition.description:
-            table.add_row(name, "[green]ready[/green]", escape(competition.description + source))
-        else:
-            table.add_row(name, "[red]layout problem[/red]", escape((competition.problem or "") + source))
-    for path, size in report.partial_downloads:
-        table.add_row(escape(path.name), "[yellow]interrupted download[/yellow]",
-                      f"{human_size(size)} so far; run the same `invoke download` again to resume")
-
-    section("competition server")
-    server = report.server
-    colour = {"answers": "green", "not configured": "yellow"}.get(server.state, "red")
-    status = f"[{colour}]{server.state}[/{colour}]"
-    table.add_row(escape(server.url or "server_url"), status, escape(server.detail))
-    table.caption = f"checked in {report.seconds:.1f} s; nothing was downloaded"
-    return table
