@@ -113,11 +113,10 @@ def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed=0, flip="auto
 @task(help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})
 def score(c, submission, answers):
     """Competition score of a submission file (600*Top1 + 300*Top5 + 100*Top10), with Top-k and mAP@10."""
-    from rich.table import Table
-
     from toolkit.machine.console import console
     from toolkit.retrieval.metrics import AnswersError, load_answers, score_submission
     from toolkit.submit.submission import SubmissionError, load_submission
+    from toolkit.views.score import missing_queries_line, score_table
 
     try:
         entries = load_submission(Path(submission))
@@ -125,33 +124,24 @@ def score(c, submission, answers):
         result = score_submission(entries, truth)
     except (SubmissionError, AnswersError) as error:
         raise _fail(str(error)) from None
-    table = Table(title=str(submission))
-    for column in ("score", "Top1", "Top5", "Top10", "mAP@10", "queries"):
-        table.add_column(column, justify="right")
-    table.add_row(f"{result.score:.1f}", f"{result.top1:.4f}", f"{result.top5:.4f}", f"{result.top10:.4f}",
-                  f"{result.map_at_10:.4f}", str(result.queries))
-    console.print(table)
-    missing = len(truth["query"]) - len(entries)
-    if missing > 0:
-        console.print(f"[yellow]{missing} queries of the answers are missing from the submission (scored as misses)[/yellow]")
+    console.print(score_table(str(submission), result))
+    missing = missing_queries_line(len(truth["query"]) - len(entries))
+    if missing:
+        console.print(missing)
 
 
 @task
 def strategies(c):
     """List the strategies that can race, and whether their weights are available offline."""
-    from rich.table import Table
-
     from strategies import create_strategy, strategy_class, strategy_names
     from toolkit.machine.console import console
+    from toolkit.views.strategies import StrategyLine, strategies_table
 
-    table = Table(title="strategies")
-    for column in ("name", "what it does", "weights offline", "detail"):
-        table.add_column(column)
+    lines = []
     for name in strategy_names():
         status = create_strategy(name).weights_status()
-        table.add_row(name, strategy_class(name).summary, "[green]yes[/green]" if status.available_offline else "[red]no[/red]",
-                      status.detail)
-    console.print(table)
+        lines.append(StrategyLine(name, strategy_class(name).summary, status.available_offline, status.detail))
+    console.print(strategies_table(lines))
 
 
 @task(help={"data": "where the generated demo competition is written", "strategies": "strategies to race"})
