@@ -409,6 +409,7 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
          leaderboard=None):
     """A picture of what a run returns: each query beside its top-10, with rank and similarity; hits and misses
     marked on validation."""
+    from strategies import create_strategy
     from toolkit.machine.console import console
     from toolkit.pictures.replay import ReplayError, replay_run, submission_rankings
     from toolkit.pictures.report import REPORTS, grid_file_name, rankings_grid
@@ -440,7 +441,7 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
                     raise _fail(f"no finished run in the latest race of {board.path}; pass --run ID or "
                                 "--submission FILE --data PATH")
             if rankings is None:
-                rankings = replay_run(board, record, (split,), data=data, show_progress=True,
+                rankings = replay_run(board, record, create_strategy, (split,), data=data, show_progress=True,
                                       num_workers=int(workers) if workers is not None else None)[split]
             image = rankings_grid(rankings, int(queries), worst)
         except ReplayError as error:
@@ -463,14 +464,16 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
 def report(c, race=None, out=None, queries=8, test_queries=4, workers=None, leaderboard=None):
     """One self-contained HTML page of a race: leaderboard, validation score and time per strategy, validation
     against the server, and the best run's retrieval grids. Opens offline."""
+    from strategies import create_strategy
     from toolkit.machine.console import console
     from toolkit.pictures.report import ReportError, write_report
 
     race_id = _number(race, "--race")
     with _open_leaderboard(leaderboard) as board:
         try:
-            path = write_report(board, race_id, out=out, queries=int(queries), test_queries=int(test_queries),
-                                num_workers=int(workers) if workers is not None else None, show_progress=True)
+            path = write_report(board, race_id, make_strategy=create_strategy, out=out, queries=int(queries),
+                                test_queries=int(test_queries), show_progress=True,
+                                num_workers=int(workers) if workers is not None else None)
         except ReportError as error:
             raise _fail(escape(str(error))) from None
     console.print(f"wrote {escape(str(path))} (open it in a browser; it needs no network)", soft_wrap=True)

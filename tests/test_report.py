@@ -14,14 +14,15 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from strategies import create_strategy
 from tests.conftest import PROJECT
+from tests.racing import race as run_race
 from toolkit.data.dataset import find_competition
 from toolkit.pictures.grid import HIT, MISS, QUERY, UNKNOWN, GridLayout
-from toolkit.records.leaderboard import Leaderboard
-from toolkit.retrieval.metrics import score_rankings
-from toolkit.race.runner import run_race
 from toolkit.pictures.replay import ReplayError, replay_run, submission_rankings
 from toolkit.pictures.report import REPORT_LAYOUT, chosen_queries, rankings_grid, write_report
+from toolkit.records.store import Leaderboard
+from toolkit.retrieval.metrics import score_rankings
 from toolkit.submit.submission import build_submission, load_submission
 
 LAYOUT = GridLayout()
@@ -51,7 +52,8 @@ def _run(result, label_start):
 
 def _replay(folder, run, splits=("validation", "test")):
     with Leaderboard(folder / "lb.db") as board:
-        return replay_run(board, run.run_id, splits=splits, cache_dir=folder / "cache" / "embeddings", num_workers=0)
+        return replay_run(board, run.run_id, create_strategy, splits=splits, cache_dir=folder / "cache" / "embeddings",
+                          num_workers=0)
 
 
 def _check_grid(image, rankings, rows):
@@ -178,7 +180,8 @@ def _check_report(path: Path, names, grid_rows=None):
 def test_report_has_every_strategy_charts_and_the_best_run_s_grids(race, tmp_path):
     folder, result = race
     with Leaderboard(folder / "lb.db") as board:
-        path = write_report(board, result.race_id, out=tmp_path / "report.html", queries=5, test_queries=3,
+        path = write_report(board, result.race_id, make_strategy=create_strategy, out=tmp_path / "report.html",
+                            queries=5, test_queries=3,
                             cache_dir=folder / "cache" / "embeddings", num_workers=0)
     text = _check_report(path, [run.label for run in result.runs], grid_rows=[5, 3])
     assert "612.5" in text and "failed" in text and "no-such-tag" in text
@@ -191,20 +194,24 @@ def test_report_without_the_data_still_renders_with_a_note(tmp_path):
                       validation_score=420.0, submission_path=str(tmp_path / "gone.json"))
         board.add_run(race_id=race.id, name="face-zs", strategy="face-zs", options={}, status="skipped",
                       reason="estimated 900s, 10s left")
-        path = write_report(board, out=tmp_path / "r" / "report.html")
+        path = write_report(board, make_strategy=create_strategy, out=tmp_path / "r" / "report.html")
     text = _check_report(path, ["cnn-zs", "face-zs", "estimated 900s"], grid_rows=[])
     assert "No retrieval grids" in text and "/no/such/competition" in text
 
 
-def test_a_run_that_trained_shows_its_submission_file_and_no_validation(race, tmp_path, monkeypatch):
+def test_a_run_that_trained_shows_its_submission_file_and_no_validation(race, tmp_path):
     folder, result = race
     run = _run(result, "cnn-zs")
-    monkeypatch.setattr("toolkit.pictures.replay.strategy_class", lambda name: type("Trained", (), {"trains": True}))
+    def trained(name, **options):       # the run's strategy, as if its fit() trained a model
+        kind = type(create_strategy(name, **options))
+        return type(f"Trained{kind.__name__}", (kind,), {"trains": True})(**options)
+
     with Leaderboard(folder / "lb.db") as board:
         with pytest.raises(ReplayError, match="trained its model"):
-            replay_run(board, run.run_id, splits=("validation", "test"))
-        test = replay_run(board, run.run_id, splits=("test",))["test"]
-        path = write_report(board, result.race_id, out=tmp_path / "report.html", queries=3, test_queries=2)
+            replay_run(board, run.run_id, trained, splits=("validation", "test"))
+        test = replay_run(board, run.run_id, trained, splits=("test",))["test"]
+        path = write_report(board, result.race_id, make_strategy=trained, out=tmp_path / "report.html", queries=3,
+                            test_queries=2)
     assert test.similarities is None
     assert build_submission(test.query_paths, test.gallery_paths, test.indices) == load_submission(run.submission)
     assert "No validation grid" in _check_report(path, [run.label], grid_rows=[2])
@@ -247,8 +254,9 @@ def test_report_on_the_real_mini_benchmark_with_face_zs(tmp_path, mini_benchmark
     [run] = [run for run in result.runs if run.strategy == "face-zs"]
     assert run.status == "finished", run.reason
     with Leaderboard(tmp_path / "lb.db") as board:
-        rankings = replay_run(board, run.run_id, cache_dir=tmp_path / "cache")["validation"]
-        path = write_report(board, out=tmp_path / "report.html", cache_dir=tmp_path / "cache")
+        rankings = replay_run(board, run.run_id, create_strategy, cache_dir=tmp_path / "cache")["validation"]
+        path = write_report(board, make_strategy=create_strategy, out=tmp_path / "report.html",
+                            cache_dir=tmp_path / "cache")
     assert len(rankings.query_paths) == run.validation.queries
     rows = chosen_queries(rankings, 8, worst=True)
     _check_grid(rankings_grid(rankings, 8, worst=True), rankings, rows)

@@ -21,16 +21,19 @@ import io
 import json
 import re
 from dataclasses import dataclass
-from datetime import timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from PIL import Image
 
+from toolkit.pictures.charts import score_bars_svg, time_bars_svg, validation_server_svg
 from toolkit.pictures.grid import HIT, MISS, QUERY, UNKNOWN, Cell, GridLayout, GridRow, render_grid
-from toolkit.records.leaderboard import Leaderboard, Race, RunSummary, post_processing_text
 from toolkit.pictures.replay import Rankings, ReplayError, replay_run
+from toolkit.race.selection import best_run, ranked_runs
+from toolkit.records.store import Leaderboard, Race, RunSummary
+from toolkit.views.leaderboard import row_kind, run_cells, run_detail, server_text
+from toolkit.views.text import budget_text, local_time
 
 REPORTS = Path("reports")
 REPORT_LAYOUT = GridLayout(thumbnail=104)     # 11 columns fit a 1400-pixel-wide page
@@ -124,17 +127,19 @@ class Figure:
     image: Image.Image
 
 
-def write_report(board: Leaderboard, race_id: int | None = None, out: str | Path | None = None,
-                 queries: int = 8, test_queries: int = 4, cache_dir: Path | None = None,
-                 num_workers: int | None = None, show_progress: bool = False) -> Path:
-    """Write the race's report (default: the latest race, to reports/race-<id>.html); return its path."""
+def write_report(board: Leaderboard, race_id: int | None = None, *, make_strategy: Callable[..., Any],
+                 out: str | Path | None = None, queries: int = 8, test_queries: int = 4,
+                 cache_dir: Path | None = None, num_workers: int | None = None, show_progress: bool = False) -> Path:
+    """Write the race's report (default: the latest race, to reports/race-<id>.html); return its path.
+    make_strategy(name, **options) creates a strategy again (strategies.create_strategy), to re-create
+    the best run's rankings (toolkit.pictures.replay)."""
     race = board.race(race_id) if race_id is not None else board.latest_race()
     if race is None:
         raise ReportError(f"no race {race_id} in {board.path}" if race_id is not None
                           else f"no race in {board.path} yet; invoke race records one")
     summaries = board.summaries(race.id)
-    rankings, notes = best_rankings(board, race.id, cache_dir=cache_dir, num_workers=num_workers,
-                                    show_progress=show_progress)
+    rankings, notes = best_rankings(board, race.id, make_strategy=make_strategy, cache_dir=cache_dir,
+                                    num_workers=num_workers, show_progress=show_progress)
     figures = []
     for split, count, worst in (("validation", queries, True), ("test", test_queries, False)):
         if count > 0 and split in rankings:
@@ -147,12 +152,10 @@ def write_report(board: Leaderboard, race_id: int | None = None, out: str | Path
 
 
 def best_rankings(board: Leaderboard, race_id: int, tries: int = 3, **replay_options) -> tuple[dict[str, Rankings], list[str]]:
-    """The validation and test rankings of the race's best run, and notes on what could not be
-    shown. A run that cannot be re-created (an ensemble, a trained model) gives its test ranking
+    """The validation and test rankings of the race's best run (replay_run with replay_options), and
+    notes on what could not be shown. A run that cannot be re-created (an ensemble, a trained model) gives its test ranking
     from its submission file, and the validation grid comes from the next best run that can."""
-    finished = sorted((run for run in board.runs(race_id) if run.status == "finished"
-                       and run.validation_score is not None and run.submission_path),
-                      key=lambda run: (-run.validation_score, -run.id))     # as Leaderboard.best_run
+    finished = ranked_runs(board.runs(race_id))
     if not finished:
         return {}, ["No run of this race finished, so there are no retrieval grids."]
     rankings: dict[str, Rankings] = {}
@@ -196,7 +199,8 @@ img.grid { max-width: 100%; border: 1px solid #ddd; }
 
 
 def report_html(race: Race, summaries: Sequence[RunSummary], figures: Sequence[Figure], note: str = "") -> str:
-    best_id = _best_id(summaries)
+    runs = [summary.run for summary in summaries]
+    best = best_run(runs)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
@@ -209,12 +213,12 @@ def report_html(race: Race, summaries: Sequence[RunSummary], figures: Sequence[F
         f"<h1>Race {race.id}{': ' + html.escape(Path(race.data_path).name) if race.data_path else ''}</h1>",
         f'<div class="meta">{_race_meta(race)}</div>',
         "<h2>Leaderboard</h2>",
-        _leaderboard_table(summaries, best_id),
+        _leaderboard_table(summaries, best),
         "<h2>Score and time per strategy</h2>",
         '<div class="charts">',
-        _figure(score_bars_svg(summaries, best_id), "Validation score per strategy (0-1000); the thin dark mark "
+        _figure(score_bars_svg(runs, best.id if best else None), "Validation score per strategy (0-1000); the thin dark mark "
                 "is the plain score (no flip, no re-ranking)"),
-        _figure(time_bars_svg(summaries), "Time per strategy: fit and embedding (validation and test), seconds"),
+        _figure(time_bars_svg(runs), "Time per strategy: fit and embedding (validation and test), seconds"),
         "</div>",
         "<h2>Validation against the server</h2>",
         _server_section(summaries),
@@ -229,17 +233,11 @@ def report_html(race: Race, summaries: Sequence[RunSummary], figures: Sequence[F
     return "\n".join(parts)
 
 
-def _best_id(summaries: Sequence[RunSummary]) -> int | None:
-    finished = [s.run for s in summaries if s.run.status == "finished" and s.run.validation_score is not None]
-    return max(finished, key=lambda run: (run.validation_score, run.id)).id if finished else None
-
-
 def _race_meta(race: Race) -> str:
-    started = race.started_at.replace(tzinfo=race.started_at.tzinfo or timezone.utc).astimezone()
     options = json.loads(race.options or "{}")
-    items = [f"started {started:%Y-%m-%d %H:%M}",
+    items = [f"started {local_time(race.started_at)}",
              f"took {race.seconds:.0f} s" if race.seconds is not None else "not finished",
-             f"budget {race.budget_seconds / 60:g} min" if race.budget_seconds else "no budget",
+             budget_text(race.budget_seconds) or "no budget",
              f"data {race.data_path or '?'}" + (f" ({race.data_fingerprint})" if race.data_fingerprint else ""),
              _race_options(options),
              " / ".join(part for part in (race.host, race.cpu, race.gpu or "no GPU") if part),
@@ -259,15 +257,7 @@ def _race_options(options: dict) -> str:
     return f"validation: {', '.join(split)}; flip {flip}; {rerank}"
 
 
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "\u2026"
-
-
-def _number(value: float | None, digits: int) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
-
-
-def _leaderboard_table(summaries: Sequence[RunSummary], best_id: int | None) -> str:
+def _leaderboard_table(summaries: Sequence[RunSummary], best) -> str:
     if not summaries:
         return '<p class="note">No runs recorded for this race.</p>'
     head = ("run", "strategy", "status", "val score", "plain", "post-processing", "Top1", "Top5", "Top10",
@@ -277,138 +267,16 @@ def _leaderboard_table(summaries: Sequence[RunSummary], best_id: int | None) -> 
         f'<th class="text">{name}</th>' if name in classes else f"<th>{name}</th>" for name in head)
         + "</tr></thead>", "<tbody>"]
     for summary in summaries:
-        run = summary.run
-        detail = Path(run.submission_path).name if run.submission_path else _shorten(run.reason or "", 160)
-        cells = [str(run.id), html.escape(run.name), html.escape(run.status), _number(run.validation_score, 1),
-                 _number(getattr(run, "plain_score", None), 1), html.escape(post_processing_text(run)),
-                 _number(run.validation_top1, 3), _number(run.validation_top5, 3), _number(run.validation_top10, 3),
-                 _number(run.validation_map_at_10, 3), _server_text(summary), _number(run.fit_seconds, 1),
-                 _number(run.embed_seconds, 1), html.escape(detail)]
-        kind = "best" if run.id == best_id else "failed" if run.status in ("failed", "timed-out") else ""
-        rows.append(f'<tr class="{kind}">' + "".join(
-            f'<td class="{classes.get(column, "")}">{cell}</td>' for column, cell in zip(head, cells)) + "</tr>")
+        cells = run_cells(summary.run)
+        cells.update({"server": server_text(summary), "submission / reason": run_detail(summary.run, 160)})
+        rows.append(f'<tr class="{row_kind(summary.run, best)}">' + "".join(
+            f'<td class="{classes.get(column, "")}">{html.escape(cells[column])}</td>' for column in head) + "</tr>")
     rows += ["</tbody>", "</table>"]
     return "\n".join(rows)
 
 
-def _server_text(summary: RunSummary) -> str:
-    if summary.server_score is not None:
-        return f"{summary.server_score:.1f}"
-    last = summary.last_attempt
-    return "-" if last is None else ("sending?" if last.state == "sending" else "failed")
-
-
 def _figure(svg: str, caption: str) -> str:
     return f"<figure>{svg}<figcaption>{html.escape(caption)}</figcaption></figure>"
-
-
-# --- inline SVG charts (no plotting library, no scripts) ------------------------------------------
-
-_LABEL_WIDTH, _ROW, _FONT = 290, 26, 'font-family="system-ui, sans-serif" font-size="12"'
-_BAR, _BEST, _PLAIN, _FIT, _EMBED, _GRID_LINE = "#4a78c2", "#2ea043", "#1e1e1e", "#e8a13a", "#4a78c2", "#e4e4e4"
-
-
-def _label_width(runs) -> int:
-    """Room for the longest strategy name (about 7 px a character at 12 px), at most _LABEL_WIDTH."""
-    longest = max((len(run.name) for run in runs), default=10)
-    return max(80, min(_LABEL_WIDTH, 7 * longest + 16))
-
-
-def _label(text: str, limit: int = 42) -> str:
-    shown = text if len(text) <= limit else text[:limit - 1] + "\u2026"
-    return f"<title>{html.escape(text)}</title>{html.escape(shown)}"
-
-
-def score_bars_svg(summaries: Sequence[RunSummary], best_id: int | None = None, width: int = 300) -> str:
-    """Horizontal bars of validation score on a fixed 0..1000 axis, plain score marked."""
-    runs = [summary.run for summary in summaries]
-    height = 30 + max(len(runs), 1) * _ROW
-    scale = width / 1000.0
-    left = _label_width(runs)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 56}" height="{height}" '
-             f'viewBox="0 0 {left + width + 56} {height}" role="img">']
-    for tick in range(0, 1001, 250):
-        x = left + tick * scale
-        parts.append(f'<line x1="{x:.1f}" y1="4" x2="{x:.1f}" y2="{height - 22}" stroke="{_GRID_LINE}"/>')
-        parts.append(f'<text x="{x:.1f}" y="{height - 6}" text-anchor="middle" {_FONT} fill="#777">{tick}</text>')
-    for row, run in enumerate(runs):
-        y = 6 + row * _ROW
-        parts.append(f'<text x="0" y="{y + 14}" {_FONT}>{_label(run.name)}</text>')
-        if run.validation_score is None:
-            parts.append(f'<text x="{left + 4}" y="{y + 14}" {_FONT} fill="#b42318">{html.escape(run.status)}</text>')
-            continue
-        colour = _BEST if run.id == best_id else _BAR
-        bar = max(run.validation_score * scale, 1.0)
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{bar:.1f}" height="{_ROW - 8}" fill="{colour}">'
-                     f"<title>{html.escape(run.name)}: {run.validation_score:.1f}</title></rect>")
-        plain = getattr(run, "plain_score", None)
-        if plain is not None:
-            x = left + plain * scale
-            parts.append(f'<rect x="{x - 1.5:.1f}" y="{y}" width="3" height="{_ROW - 4}" fill="{_PLAIN}">'
-                         f"<title>plain {plain:.1f}</title></rect>")
-        parts.append(f'<text x="{left + bar + 6:.1f}" y="{y + 14}" {_FONT}>{run.validation_score:.1f}</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def time_bars_svg(summaries: Sequence[RunSummary], width: int = 240) -> str:
-    """Stacked bars: fit seconds then embedding seconds, on one scale for every run."""
-    runs = [summary.run for summary in summaries]
-    height = 48 + max(len(runs), 1) * _ROW
-    longest = max([(run.fit_seconds or 0) + (run.embed_seconds or 0) for run in runs] + [1e-9])
-    scale = width / longest
-    left = _label_width(runs)
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 130}" height="{height}" '
-             f'viewBox="0 0 {left + width + 130} {height}" role="img">']
-    for row, run in enumerate(runs):
-        y = 6 + row * _ROW
-        fit, embed = run.fit_seconds or 0.0, run.embed_seconds or 0.0
-        parts.append(f'<text x="0" y="{y + 14}" {_FONT}>{_label(run.name)}</text>')
-        if fit + embed <= 0:
-            parts.append(f'<text x="{left + 4}" y="{y + 14}" {_FONT} fill="#777">{html.escape(run.status)}, no time</text>')
-            continue
-        parts.append(f'<rect x="{left}" y="{y + 2}" width="{fit * scale:.1f}" height="{_ROW - 8}" fill="{_FIT}">'
-                     f"<title>fit {fit:.1f} s</title></rect>")
-        parts.append(f'<rect x="{left + fit * scale:.1f}" y="{y + 2}" width="{embed * scale:.1f}" height="{_ROW - 8}" '
-                     f'fill="{_EMBED}"><title>embed {embed:.1f} s</title></rect>')
-        parts.append(f'<text x="{left + (fit + embed) * scale + 6:.1f}" y="{y + 14}" {_FONT}>'
-                     f"{_seconds(fit + embed)} s (fit {_seconds(fit)})</text>")
-    legend_y = height - 14
-    parts.append(f'<rect x="{left}" y="{legend_y - 9}" width="10" height="10" fill="{_FIT}"/>'
-                 f'<text x="{left + 14}" y="{legend_y}" {_FONT}>fit</text>'
-                 f'<rect x="{left + 50}" y="{legend_y - 9}" width="10" height="10" fill="{_EMBED}"/>'
-                 f'<text x="{left + 64}" y="{legend_y}" {_FONT}>embed</text>')
-    parts.append("</svg>")
-    return "".join(parts)
-
-
-def _seconds(value: float) -> str:
-    return f"{value:.1f}" if value < 10 else f"{value:.0f}"
-
-
-def validation_server_svg(points: Sequence[tuple[str, float, float]], size: int = 240) -> str:
-    """Scatter of (label, validation, server) on 0..1000 axes with the diagonal: on it, local
-    validation predicted the server exactly."""
-    pad = 50
-    scale = size / 1000.0
-    total = size + pad + 24
-    parts = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{total}" height="{total}" '
-             f'viewBox="0 0 {total} {total}" role="img">',
-             f'<rect x="{pad}" y="12" width="{size}" height="{size}" fill="none" stroke="#bbb"/>',
-             f'<line x1="{pad}" y1="{12 + size}" x2="{pad + size}" y2="12" stroke="#bbb" stroke-dasharray="4 3"/>',
-             f'<text x="{pad + size / 2}" y="{total - 2}" text-anchor="middle" {_FONT} fill="#555">validation</text>',
-             f'<text x="10" y="{12 + size / 2}" text-anchor="middle" {_FONT} fill="#555" '
-             f'transform="rotate(-90 10 {12 + size / 2})">server</text>']
-    for tick in (0, 500, 1000):
-        parts.append(f'<text x="{pad + tick * scale:.1f}" y="{size + 26}" text-anchor="middle" {_FONT} fill="#777">'
-                     f'{tick}</text><text x="{pad - 4}" y="{12 + size - tick * scale + 4:.1f}" text-anchor="end" '
-                     f'{_FONT} fill="#777">{tick}</text>')
-    for label, validation, server in points:
-        x, y = pad + validation * scale, 12 + size - server * scale
-        parts.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="5" fill="{_BAR}"><title>{html.escape(label)}: '
-                     f"validation {validation:.1f}, server {server:.1f}</title></circle>")
-    parts.append("</svg>")
-    return "".join(parts)
 
 
 def _server_section(summaries: Sequence[RunSummary]) -> str:
