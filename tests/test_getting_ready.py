@@ -8,7 +8,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 import torch
 
 import strategies
@@ -93,7 +92,7 @@ class FakeDownloads(Strategy):
     def weights(self) -> Path:
         return self.cache / f"models--fake--{'offline' if self.options.get('offline') else 'net'}" / "blobs" / "0123"
 
-    def fit(self, training, deadline=None):
+    def fit(self, training, context=None, deadline=None):
         if self.options.get("offline"):
             raise WeightsUnavailable("fake-downloads: cannot reach the weights host")
         weights = self.weights()
@@ -106,13 +105,13 @@ def test_prefetch_downloads_through_the_strategy_then_knows_it_is_there(tmp_path
     monkeypatch.setitem(strategies._REGISTRY, FakeDownloads.name, FakeDownloads)
     monkeypatch.setattr(FakeDownloads, "cache", tmp_path / "hub", raising=False)
     announced = []
-    first, failed = prefetch_weights([("fake-downloads", {}), ("fake-downloads", {"offline": True})],
+    first, failed = prefetch_weights([("fake-downloads", {}), ("fake-downloads", {"offline": True})], create_strategy,
                                      announce=announced.append, cache_dirs=[tmp_path / "hub"])
     assert first.ok and not first.already and first.downloaded == {tmp_path / "hub" / "models--fake--net": 2_500_000}
     assert "downloaded 2.5 MB into" in first.line() and "models--fake--net" in first.line()
     assert not failed.ok and failed.line() == "fake-downloads[offline=True]: FAILED: cannot reach the weights host"
     assert announced == ["fake-downloads", "fake-downloads[offline=True]"]
-    [again] = prefetch_weights([("fake-downloads", {})], cache_dirs=[tmp_path / "hub"])
+    [again] = prefetch_weights([("fake-downloads", {})], create_strategy, cache_dirs=[tmp_path / "hub"])
     assert again.already and "already available offline" in again.line()
 
 
