@@ -79,6 +79,8 @@ from strategies.base import (Encoder, Fitted, RaceContext, Strategy, TorchEncode
 from strategies.zero_shot.cnn_zs import _as_bool as as_bool
 from toolkit.machine.console import warn
 from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.models.faces import FaceCrop
+from toolkit.models.faces import weights_status as face_crop_status
 from toolkit.training.losses import ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss
 from toolkit.data.split import ValidationSplit, make_validation_split
 from toolkit.training.loop import (IdentityBatchSampler, TrainingResult, seconds_per_step, seed_everything,
@@ -87,7 +89,6 @@ from toolkit.training.loop import (IdentityBatchSampler, TrainingResult, seconds
 INNER_VALIDATION_FRACTION = 0.15
 UNFREEZE_CHOICES = ("all", "last", "head")
 CROP_PCT = 0.875                # prepared images keep a shorter side of image_size / CROP_PCT
-FACE_DETECTION_SIDE = 640       # the face detector sees images shrunk to this longest side
 MAX_WARMUP_STEPS = 100
 
 # Options every TrainedImageStrategy takes, with their defaults.
@@ -100,62 +101,6 @@ TRAINING_DEFAULTS: dict[str, Any] = {
 }
 # Options that change nothing but where and how fast the work runs: left out of fingerprints.
 RUNTIME_OPTIONS = ("device", "num_workers")
-
-
-# ---------------------------------------------------------------- face crop
-
-class FaceCrop:
-    """PIL image -> the 5-point aligned face chip (`size` px square), or the image itself when no
-    face is found. face-zs's pipeline (HOG detector, the 5-point predictor, dlib.get_face_chip with
-    its padding), its dlib objects created lazily per process from face_zs's cache; the detector
-    runs on a copy shrunk to FACE_DETECTION_SIDE so that large photos stay fast. Picklable."""
-
-    def __init__(self, size: int, upsample: int = 0):
-        from strategies.zero_shot.face_zs import CHIP_PADDING, model_paths
-
-        self.size = int(size)
-        self.upsample = int(upsample)
-        self.padding = CHIP_PADDING
-        predictor = model_paths()["predictor"]
-        self.predictor_path = str(predictor)
-        self.predictor_identity = f"{predictor.name}:{predictor.stat().st_size}"
-
-    def crop(self, image: Image.Image) -> tuple[Image.Image, bool]:
-        """(chip or the image unchanged, whether a face was found)."""
-        import dlib
-
-        from strategies.zero_shot.face_zs import _cached
-
-        rgb = np.ascontiguousarray(np.asarray(image.convert("RGB"), dtype=np.uint8))
-        height, width = rgb.shape[:2]
-        scale = min(1.0, FACE_DETECTION_SIDE / max(height, width))
-        seen = rgb
-        if scale < 1.0:
-            small = image.convert("RGB").resize((max(1, round(width * scale)), max(1, round(height * scale))),
-                                                Image.BILINEAR)
-            seen = np.ascontiguousarray(np.asarray(small, dtype=np.uint8))
-        faces = _cached("detector", "hog")(seen, self.upsample)
-        if not len(faces):
-            return image, False
-        box = max(faces, key=lambda rect: rect.area())
-        if scale < 1.0:
-            box = dlib.rectangle(int(box.left() / scale), int(box.top() / scale),
-                                 int(box.right() / scale), int(box.bottom() / scale))
-        shape = _cached("predictor", self.predictor_path)(rgb, box)
-        chip = dlib.get_face_chip(rgb, shape, size=self.size, padding=self.padding)
-        return Image.fromarray(np.ascontiguousarray(chip, dtype=np.uint8)), True
-
-    def __call__(self, image: Image.Image) -> Image.Image:
-        return self.crop(image)[0]
-
-    def __repr__(self) -> str:
-        return (f"FaceCrop(size={self.size}, padding={self.padding}, upsample={self.upsample}, "
-                f"detect_side={FACE_DETECTION_SIDE}, predictor={self.predictor_identity}, else=whole image)")
-
-
-def face_crop_status() -> WeightsStatus:
-    from strategies.zero_shot.face_zs import FaceZeroShot
-    return FaceZeroShot().weights_status()
 
 
 # ---------------------------------------------------------------- preprocessing
