@@ -79,7 +79,7 @@ def parse_strategy_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
 
 
 # Importing the families registers them.
-from strategies.trained import adapter, clip_ft, finetune
+from strategies.trained import adapter, clip_ft, metric
 from strategies.zero_shot import clip_zs, cnn_zs, face_zs  # noqa: E402,F401
 
 __all__ = ["Encoder", "Strategy", "WeightsStatus", "WeightsUnavailable", "create_strategy",

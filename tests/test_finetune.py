@@ -8,8 +8,10 @@ from PIL import Image
 
 from strategies import create_strategy
 from strategies.base import RaceContext
-from strategies.trained.finetune import FaceCrop, face_crop_status, parse_backbone, tail_parameter_names
-from toolkit.models.backbones import create_backbone
+from toolkit.models.backbones import create_backbone, parse_backbone
+from toolkit.models.faces import FaceCrop
+from toolkit.models.faces import weights_status as face_crop_status
+from toolkit.training.freezing import tail_parameter_names
 from toolkit.data.dataset import find_competition
 from toolkit.data.images import load_rgb
 

@@ -4,7 +4,7 @@
     create_strategy("clip-ft", objective="both", unfreeze="all", steps=1000)
 
 The model is loaded exactly as clip-zs loads it (same caches, same preprocessing, `pretrained`
-empty = random init seeded by `seed`) and trained by finetune's TrainedImageStrategy (inner
+empty = random init seeded by `seed`) and trained by image_training's TrainedImageStrategy (inner
 validation split, P x K identity batches, augmentation, AdamW + warm-up/cosine, train_until with the
 best checkpoint kept, deadline). Objectives:
 
@@ -41,13 +41,13 @@ from torch import nn
 
 from strategies import register
 from strategies.base import Fitted, WeightsStatus, WeightsUnavailable, fingerprint_of
-from strategies.trained.finetune import (TrainedImageStrategy, Trainee, TrainingData, TrainingSetup, face_crop_status,
-                                         set_trainable, state_digest, tail_parameter_names, training_report)
+from strategies.trained.image_training import TrainedImageStrategy, TrainingData, TrainingSetup, training_report
 from strategies.zero_shot.clip_zs import ClipImageEncoder
 from toolkit.models.backbones import clip_backbone
 from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_weights_status
 from toolkit.models.transforms import preceded_by
 from toolkit.models.weights import first_line
+from toolkit.training.freezing import Trainee, set_trainable, state_digest, tail_parameter_names
 from toolkit.training.losses import supervised_contrastive_loss
 from toolkit.training.loop import TrainingResult
 
@@ -126,12 +126,7 @@ class ClipFineTune(TrainedImageStrategy):
         self.final_evaluations = len(ratios) if len(ratios) > 1 else 0
 
     def weights_status(self) -> WeightsStatus:
-        status = clip_weights_status(self.settings["model"], self.settings["pretrained"])
-        if status.available_offline and self.settings["face_crop"]:
-            faces = face_crop_status()
-            if not faces.available_offline:
-                return WeightsStatus(False, f"face_crop: {faces.detail}")
-        return status
+        return self.with_face_crop_status(clip_weights_status(self.settings["model"], self.settings["pretrained"]))
 
     def prompts(self, classes: Sequence[str]) -> list[str]:
         return [str(self.settings["prompt"]).format(label.replace("_", " ")) for label in classes]
