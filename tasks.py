@@ -23,6 +23,7 @@ from invoke import Exit, task
 from rich.markup import escape
 
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
+from toolkit.race.config import RaceConfig
 
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
 PROJECT = Path(__file__).resolve().parent
@@ -36,17 +37,16 @@ def _fail(message: str) -> Exit:
     return Exit(code=1)
 
 
-def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool | None, workers: int | None,
-          gallery_pattern: str | None, held_out: float, submissions: str, rerank: bool = True,
-          leaderboard: str | None = None):
-    from strategies import parse_strategy_specs
-    from toolkit.machine.console import console, warn
+def _race(data: str, strategies: str, config, leaderboard: str | None = None):
+    from strategies import create_strategy, parse_strategy_specs
     from toolkit.data.dataset import LayoutError, describe, find_competition
-    from toolkit.race.runner import RaceInterrupted, parse_duration, race_table, run_race
+    from toolkit.machine.console import console, warn
+    from toolkit.race.runner import RaceInterrupted, run_race
+    from toolkit.views.race import race_table
+    from toolkit.views.race_console import RaceConsole
 
     try:
-        specs = parse_strategy_specs(strategies)
-        budget_seconds = parse_duration(budget)
+        racers = [create_strategy(name, **options) for name, options in parse_strategy_specs(strategies)]
         competition = find_competition(Path(data))
     except (LayoutError, ValueError) as error:
         raise _fail(str(error)) from None
@@ -54,10 +54,8 @@ def _race(data: str, strategies: str, budget: str | None, seed: int, flip: bool 
     for path, reason in competition.ignored[:10]:
         warn(f"ignored {path}: {reason}")
     try:
-        result = run_race(competition, specs, budget_seconds=budget_seconds, submissions_dir=Path(submissions),
-                          seed=seed, held_out_fraction=held_out, gallery_pattern=gallery_pattern,
-                          flip_tta=flip, post_process=rerank, num_workers=workers,
-                          leaderboard=_leaderboard_file(leaderboard))
+        result = run_race(competition, racers, config, leaderboard=_leaderboard_file(leaderboard),
+                          observer=RaceConsole(live=config.show_progress))
     except RaceInterrupted as interrupted:
         console.print(race_table(interrupted.result))
         raise _interrupted(interrupted.result.best_submission) from None
@@ -100,14 +98,24 @@ def _interrupted(best_submission: Path | None) -> Exit:
     "submissions": "folder the submission files are written to",
     "leaderboard": "leaderboard file the race is recorded in (default: the setting `leaderboard`, leaderboard.db)",
 })
-def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed=0, flip="auto", workers=None,
-         gallery_pattern="auto", held_out=0.2, submissions="submissions", rerank=True, leaderboard=None):
+def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed=RaceConfig.seed, flip="auto", workers=None,
+         gallery_pattern=RaceConfig.gallery_pattern, held_out=RaceConfig.held_out_fraction,
+         submissions=str(RaceConfig.submissions_dir), rerank=RaceConfig.post_process, leaderboard=None):
     """Race strategies on a competition folder; write each one's submission and show validation scores."""
+    from toolkit.race.config import parse_duration
+
     flip_choices = {"auto": None, "on": True, "off": False}
     if flip not in flip_choices:
         raise _fail(f"--flip takes auto, on or off, not {flip!r}")
-    _race(data, strategies, budget, int(seed), flip_choices[flip], int(workers) if workers is not None else None,
-          None if gallery_pattern == "none" else gallery_pattern, float(held_out), submissions, rerank, leaderboard)
+    try:
+        budget_seconds = parse_duration(budget)
+    except ValueError as error:
+        raise _fail(str(error)) from None
+    config = RaceConfig(budget_seconds=budget_seconds, seed=int(seed), flip_tta=flip_choices[flip],
+                        num_workers=int(workers) if workers is not None else None,
+                        gallery_pattern=None if gallery_pattern == "none" else gallery_pattern,
+                        held_out_fraction=float(held_out), submissions_dir=Path(submissions), post_process=rerank)
+    _race(data, strategies, config, leaderboard)
 
 
 @task(help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})
@@ -156,7 +164,7 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     if not (root / "answers.json").is_file():
         console.print(f"generating a demo competition in {root}")
         make_synthetic_competition(root)
-    result = _race(str(root), strategies, None, 0, None, None, "*_s.*", 0.3, "submissions")
+    result = _race(str(root), strategies, RaceConfig(gallery_pattern="*_s.*", held_out_fraction=0.3))
     truth = load_answers(root / "answers.json")
     for run in result.runs:
         if run.submission:
@@ -204,7 +212,7 @@ def download(c, url, to=None, sha256=None):
 def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
     """Download the weights the named strategies need into the usual caches, so the race runs offline."""
 
-    from strategies import parse_strategy_specs
+    from strategies import create_strategy, parse_strategy_specs
     from toolkit.machine.console import console
     from toolkit.machine.prefetch import prefetch_weights
 
@@ -213,7 +221,7 @@ def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
     except ValueError as error:
         raise _fail(str(error)) from None
     failed = 0
-    for result in prefetch_weights(specs, announce=lambda label: console.print(f"{escape(label)}: downloading weights…")):
+    for result in prefetch_weights(specs, create_strategy, announce=lambda label: console.print(f"{escape(label)}: downloading weights…")):
         colour = "red" if not result.ok else "green"
         console.print(f"[{colour}]{escape(result.line())}[/{colour}]", soft_wrap=True)
         failed += not result.ok
@@ -264,7 +272,7 @@ def _leaderboard_file(option: str | None) -> Path:
 
 
 def _open_leaderboard(option: str | None):
-    from toolkit.records.leaderboard import Leaderboard, LeaderboardError
+    from toolkit.records.store import Leaderboard, LeaderboardError
     try:
         return Leaderboard(_leaderboard_file(option))
     except LeaderboardError as error:

@@ -14,9 +14,9 @@ from toolkit.data.dataset import find_competition
 from toolkit.retrieval.embed import Embeddings, embed_images
 from toolkit.retrieval.ensemble import ensemble_label, fuse, fuse_embeddings, search_weights, simplex_grid
 from toolkit.data.images import load_rgb
-from toolkit.records.leaderboard import Leaderboard
+from toolkit.records.store import Leaderboard
 from tests.racing import race
-from toolkit.views.live import race_table
+from toolkit.views.race import race_table
 from toolkit.retrieval.recipes import candidate_recipes, ranked_indices
 from toolkit.submit.submission import build_submission, load_submission, validate_submission
 
@@ -73,8 +73,8 @@ def test_the_weight_search_finds_the_mix_that_beats_each_member():
     b_rows = {0: [1, 0, 0], 1: [0, 1, 0], 2: [0, 0, 1], 3: [0, 0, 1]}
     a = l2_normalise(np.array([a_rows[label] for label in labels], dtype=np.float32))
     b = l2_normalise(np.array([b_rows[label] for label in labels], dtype=np.float32))
-    alone = [search_weights([(x, x), (x, x)], labels, labels).score.top1 for x in (a, b)]
-    found = search_weights([(a, a), (b, b)], labels, labels, k=1)
+    alone = [search_weights([[(x, x)], [(x, x)]], [(labels, labels)]).score.top1 for x in (a, b)]
+    found = search_weights([[(a, a)], [(b, b)]], [(labels, labels)], k=1)
     assert max(alone) < 1.0 and found.score.top1 == 1.0 and found.complete and found.tried == 9
     assert 0 < found.weights[0] < 1 and sum(found.weights) == pytest.approx(1.0)
 
@@ -164,14 +164,14 @@ def test_the_ensemble_is_a_run_of_its_own_built_from_each_members_chosen_flip(tm
     assert ensemble.validation.score == pytest.approx(1000.0)
 
     # each member's kept embeddings are those of its own flip setting, straight from the cache
-    validation_paths = [item.path for item in result.split.queries + result.split.gallery]
     test_paths = list(competition.queries) + list(competition.gallery)
     members = {member.label: member for member in (flipped, plain)}
     tests = []
     for label in ensemble.options["members"]:
         member = members[label]
         encoder = OracleEncoder(identities, member.options["width"], member.options["plain"])
-        for paths, kept in ((validation_paths, member.vectors.validation), (test_paths, member.vectors.test)):
+        kept_folds = list(zip(result.yardstick.fold_paths, member.vectors.validation))
+        for paths, kept in kept_folds + [(test_paths, member.vectors.test)]:
             again = embed_images(encoder, paths, cache_dir=cache, flip_tta=member.flip_tta, num_workers=0,
                                  show_progress=False)
             assert again.computed == 0

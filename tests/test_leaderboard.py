@@ -31,7 +31,7 @@ def test_rows_written_by_another_process_are_read_back(tmp_path):
     path = tmp_path / "board.db"
     _finish(_python("""
         import sys
-        from toolkit.records.leaderboard import Leaderboard
+        from toolkit.records.store import Leaderboard
         with Leaderboard(sys.argv[1]) as board:
             race = board.start_race("/data/comp", "abc123", budget_seconds=1800, options={"seed": 0})
             run = board.add_run(race_id=race.id, name="cnn-zs[image_size=64]", strategy="cnn-zs",
@@ -55,7 +55,7 @@ def test_two_processes_writing_at_once_lose_no_rows(tmp_path):
     path = tmp_path / "board.db"
     writer = """
         import sys, time
-        from toolkit.records.leaderboard import Leaderboard
+        from toolkit.records.store import Leaderboard
         board = Leaderboard(sys.argv[1])
         time.sleep(max(0.0, float(sys.argv[3]) - time.time()))       # both start writing together
         for number in range(50):

@@ -6,7 +6,7 @@ from toolkit.data.dataset import find_competition
 from toolkit.retrieval.metrics import score_submission
 from tests.racing import race
 from toolkit.race.config import parse_duration
-from toolkit.views.live import race_table
+from toolkit.views.race import race_table
 from toolkit.submit.submission import load_submission, validate_submission
 
 
@@ -39,7 +39,8 @@ def test_race_on_generated_data_writes_valid_submissions(tmp_path, synthetic_com
     for run in result.runs:
         assert run.submission.parent == tmp_path / "subs"
         _check_submission(run.submission, competition)
-        assert 0 <= run.validation.score <= 1000 and run.validation.queries == len(result.split.queries)
+        assert 0 <= run.validation.score <= 1000
+        assert run.validation.queries == sum(len(fold.queries) for fold in result.yardstick.folds)
     assert result.best in result.runs
     assert load_submission(result.best_submission) == load_submission(result.best.submission)
     assert result.best_submission.name.endswith("-best.json")
@@ -121,7 +122,8 @@ def test_no_rerank_and_no_flip_give_plain_nearest_neighbours(tmp_path, synthetic
 
 
 def test_the_chosen_post_processing_is_recorded_with_the_run(tmp_path, synthetic_competition, tiny_clip_model):
-    from toolkit.records.leaderboard import Leaderboard, leaderboard_table
+    from toolkit.records.store import Leaderboard
+    from toolkit.views.leaderboard import leaderboard_table
 
     competition = find_competition(synthetic_competition)
     result = race(competition, [("clip-zs", {"model": tiny_clip_model, "pretrained": None})],
@@ -152,7 +154,8 @@ def test_auto_gallery_pattern_is_detected_and_handed_to_the_strategies(tmp_path,
                       num_workers=0, show_progress=False, gallery_pattern="auto", ensemble_size=0)
     [context] = told
     assert context.gallery_pattern == "*_s.*" and context.cache_dir == tmp_path / "cache"
-    assert len(context.pending_images) == len(result.split.queries) + len(result.split.gallery) + \
-        len(competition.queries) + len(competition.gallery)
+    # a small training folder is the choice split whole: every training image, then the test set
+    assert sorted(context.pending_images) == sorted([item.path for item in competition.training]
+                                                    + list(competition.queries) + list(competition.gallery))
     assert all(item.path.stem.endswith("_s") for item in result.split.gallery if item.label in
                {query.label for query in result.split.queries})

@@ -20,10 +20,10 @@ from strategies.base import Encoder, Fitted, Strategy, WeightsStatus, fingerprin
 from toolkit.race.budget import (FINAL_WRITE_FRACTION, WRITE_SECONDS, Budget, OutOfTime, hard_stop, images_after_fit,
                             schedule)
 from toolkit.data.dataset import find_competition
-from toolkit.records.leaderboard import Leaderboard
+from toolkit.records.store import Leaderboard
 from tests.racing import race
 from toolkit.race.runs import RaceInterrupted
-from toolkit.views.live import race_table
+from toolkit.views.race import race_table
 from toolkit.submit.submission import load_submission, validate_submission
 
 PROJECT = Path(__file__).resolve().parents[1]
@@ -57,7 +57,7 @@ class PixelEncoder(Encoder):
 class PixelStrategy(Strategy):
     name = "test-pixels"
     summary = "test only: a random projection of a thumbnail"
-    images_per_second_cpu = 50.0
+    images_per_second_cpu = 200.0
 
     def __init__(self, width: int = 24, seed: int = 0, **options):
         super().__init__(width=width, seed=seed, **options)
@@ -149,7 +149,7 @@ class Sleepy(PixelStrategy):
 
 def _race(competition, strategies, tmp_path, **options):
     options = {"submissions_dir": tmp_path / "subs", "cache_dir": tmp_path / "cache", "num_workers": 0,
-               "show_progress": False, "leaderboard": tmp_path / "board.db", **options}
+               "show_progress": False, "leaderboard": tmp_path / "board.db", "max_folds": 1, **options}
     return race(competition, strategies, **options)
 
 

@@ -11,7 +11,7 @@ import pytest
 import requests
 from urllib3.exceptions import NewConnectionError
 
-from toolkit.records.leaderboard import Leaderboard
+from toolkit.records.store import Leaderboard
 from toolkit.retrieval.metrics import score_submission
 from toolkit.submit.client import ServerError, retry_policy, send_and_record, submit_to_server
 from toolkit.submit.scorer import ReferenceScorer

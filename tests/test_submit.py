@@ -11,7 +11,7 @@ from tests.conftest import PROJECT
 from tests.racing import race
 from tests.test_server import ANSWERS, AnswersHtml, NeverAnswers, _submission, _unused_port, misbehaving
 from toolkit.data.dataset import find_competition
-from toolkit.records.leaderboard import Leaderboard
+from toolkit.records.store import Leaderboard
 from toolkit.retrieval.metrics import load_answers, score_submission
 from toolkit.submit.scorer import ReferenceScorer
 from toolkit.submit.submission import load_submission

@@ -24,12 +24,15 @@ from typing import Callable, Sequence
 import numpy as np
 
 from toolkit.data.dataset import CompetitionData, LayoutError, find_competition
-from toolkit.data.split import ValidationSplit, detect_gallery_pattern, make_validation_split
+from toolkit.data.split import ValidationSplit, detect_gallery_pattern
 from toolkit.machine.console import warn
 from toolkit.models.weights import WeightsUnavailable
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import RaceContext, Strategy
-from toolkit.records.leaderboard import Leaderboard, Run, data_fingerprint
+from toolkit.race.validation import Yardstick
+from toolkit.views.text import shorten
+from toolkit.records.provenance import data_fingerprint
+from toolkit.records.store import Leaderboard, Run
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import first_hit_ranks
 from toolkit.retrieval.ranking import rank_gallery, readable_validation
@@ -98,33 +101,34 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
     if pattern == AUTO:        # a row that does not say: what a race would detect today
         pattern = detect_gallery_pattern(competition.training)
     try:
-        split = make_validation_split(competition.training, held_out_fraction=config.held_out_fraction,
-                                      seed=config.seed, gallery_pattern=pattern)
+        yardstick = Yardstick.make(competition.training, config.held_out_fraction, config.seed, pattern,
+                                   config.max_folds if "max_folds" in options else 1)   # older races: one split
     except ValueError as error:
         raise ReplayError(f"race {record.race_id}: no validation split of {competition.root} ({error})") from None
     try:
         strategy = make_strategy(record.strategy, **json.loads(record.options or "{}"))
     except ValueError as error:      # an ensemble of other runs, or a strategy this toolkit lacks
         return _from_submission_file(record, splits, competition, f"its strategy {record.strategy!r} cannot be "
-                                     f"created by name ({_shorten(str(error), 160)})")
+                                     f"created by name ({shorten(str(error), 160)})")
     if strategy.trains:
         return _from_submission_file(record, splits, competition, "it trained its model, and the race keeps no "
                                      "weights, so it cannot be re-created without training again")
     context = RaceContext(gallery_pattern=pattern, cache_dir=cache_dir, num_workers=num_workers, show_progress=show_progress)
     try:
-        encoder = strategy.fit(split.fit, context).encoder
+        encoder = strategy.fit(yardstick.folds[0].fit, context).encoder
     except WeightsUnavailable as error:
         raise ReplayError(f"run {record.id}: cannot create {record.name} again ({error})") from None
     except Exception as error:  # a strategy's own failure, as the race catches it: a message, never a crash
         raise ReplayError(f"run {record.id}: cannot create {record.name} again ({type(error).__name__}: "
-                          f"{_shorten(str(error), 160)})") from None
+                          f"{shorten(str(error), 160)})") from None
     flip, chosen = run_flip(record, options), run_recipe(record)
     title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or not chosen.plain else "")
     rankings = {}
     if "validation" in splits:
-        embeddings = context.embed(encoder, [item.path for item in split.queries + split.gallery],
-                                   description="validation", flip_tta=flip)
-        rankings["validation"] = _validation_rankings(embeddings, split, chosen, title)
+        folds = [_validation_rankings(context.embed(encoder, paths, description="validation", flip_tta=flip),
+                                      fold, chosen, title)
+                 for fold, paths in zip(yardstick.folds, yardstick.fold_paths)]
+        rankings["validation"] = _joined(folds)
     if "test" in splits:
         embeddings = context.embed(encoder, list(competition.queries) + list(competition.gallery),
                                    description="test", flip_tta=flip)
@@ -196,10 +200,6 @@ def submission_rankings(path: str | Path, data: str | Path) -> Rankings:
                     gallery_paths=gallery_paths, indices=np.array(rows, dtype=np.int64).reshape(-1, RESULTS_PER_QUERY))
 
 
-def _shorten(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit - 1] + "…"
-
-
 def _competition(data: str | Path | None, what: str) -> CompetitionData:
     if not data:
         raise ReplayError(f"{what}: no data folder is known; pass --data PATH")
@@ -229,6 +229,23 @@ def _validation_rankings(embeddings: Embeddings, split: ValidationSplit, chosen:
                     query_labels=list(query_labels), gallery_labels=list(gallery_labels),
                     first_hit=first_hit_ranks(labels[full].tolist(), list(query_labels)),
                     margin=_margins(query_vectors, gallery_vectors, query_labels, labels))
+
+
+def _joined(folds: list[Rankings]) -> Rankings:
+    """The validation folds' rankings as one: each fold ranked its own gallery, so the galleries
+    are laid end to end and each fold's indices moved by the galleries before it."""
+    if len(folds) == 1:
+        return folds[0]
+    offsets = np.cumsum([0] + [len(fold.gallery_paths) for fold in folds[:-1]])
+    return Rankings(title=folds[0].title, split="validation",
+                    query_paths=[path for fold in folds for path in fold.query_paths],
+                    gallery_paths=[path for fold in folds for path in fold.gallery_paths],
+                    indices=np.concatenate([fold.indices + offset for fold, offset in zip(folds, offsets)]),
+                    similarities=np.concatenate([fold.similarities for fold in folds]),
+                    query_labels=[label for fold in folds for label in fold.query_labels],
+                    gallery_labels=[label for fold in folds for label in fold.gallery_labels],
+                    first_hit=np.concatenate([fold.first_hit for fold in folds]),
+                    margin=np.concatenate([fold.margin for fold in folds]))
 
 
 def _test_rankings(embeddings: Embeddings, competition: CompetitionData, chosen: Recipe,

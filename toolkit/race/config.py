@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, fields, replace
 from pathlib import Path
 from typing import Any, Mapping
 
+from toolkit.data.split import MAX_FOLDS
+
 _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?", re.IGNORECASE)
 AUTO = "auto"
 
@@ -37,6 +39,8 @@ class RaceConfig:
 
     budget_seconds      wall-clock budget of the whole race (None: no limit)
     seed, held_out_fraction   the validation split: identities held out of training/
+    max_folds           with few identities held out, up to this many identity-disjoint folds
+                        (toolkit.data.split.make_validation_folds); 1: a single split
     gallery_pattern     filename glob of the training files that take the gallery role in
                         validation (e.g. "*_s.*"); "auto" detects a marker; None: random roles
     flip_tta            flip test-time augmentation: None lets validation decide
@@ -51,6 +55,7 @@ class RaceConfig:
     budget_seconds: float | None = None
     seed: int = 0
     held_out_fraction: float = 0.2
+    max_folds: int = MAX_FOLDS
     gallery_pattern: str | None = AUTO
     flip_tta: bool | None = None
     post_process: bool = True
@@ -61,7 +66,8 @@ class RaceConfig:
     cache_dir: Path | None = None
 
     # what the race row keeps: what decides the numbers, not where files go or how it is shown
-    RECORDED = ("seed", "held_out_fraction", "gallery_pattern", "flip_tta", "post_process", "ensemble_size")
+    RECORDED = ("seed", "held_out_fraction", "max_folds", "gallery_pattern", "flip_tta", "post_process",
+                "ensemble_size")
 
     def with_options(self, **changes: Any) -> "RaceConfig":
         return replace(self, **changes)

@@ -23,18 +23,22 @@ from pathlib import Path
 from typing import Sequence
 
 from toolkit.data.dataset import CompetitionData
-from toolkit.data.split import ValidationSplit, detect_gallery_pattern, make_validation_split
+from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import WeightsUnavailable
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, holding_interrupts, images_after_fit, reserve_seconds, schedule
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import Fitted, RaceContext, Strategy
+from toolkit.race.evaluation import as_fold, evaluate
 from toolkit.race.runs import RUNNING, RaceInterrupted, RaceObserver, RaceResult, RunVectors, StrategyRun
-from toolkit.race.selection import best_run
-from toolkit.records.leaderboard import Leaderboard, RaceRecorder
+from toolkit.race.selection import choose_best
+from toolkit.race.validation import Yardstick
+from toolkit.records.recorder import RaceRecorder
+from toolkit.records.store import Leaderboard
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.ensemble import ENSEMBLE, build_ensemble, ensemble_label
 from toolkit.retrieval.ranking import rank_gallery, readable_validation
-from toolkit.retrieval.recipes import PLAIN, PostProcessingChoice, Recipe, choose_post_processing
+from toolkit.retrieval.recipes import PLAIN, Recipe, recipe_complexity, score_recipes
+from toolkit.retrieval.uncertainty import score_interval, simplest_tied
 from toolkit.submit.submission import RESULTS_PER_QUERY, build_submission, load_submission, save_submission, \
     validate_submission
 
@@ -55,13 +59,13 @@ def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Race
         observer.roles(config.gallery_pattern, detected=True)
     else:
         observer.roles(config.gallery_pattern, detected=False)
-    split = make_validation_split(data.training, held_out_fraction=config.held_out_fraction, seed=config.seed,
-                                  gallery_pattern=config.gallery_pattern)
-    observer.split(split)
+    yardstick = Yardstick.make(data.training, config.held_out_fraction, config.seed, config.gallery_pattern,
+                               config.max_folds)
+    observer.split(yardstick)
     recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded())
-    entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name,
+    entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name, trains=strategy.trains,
                                       options=dict(strategy.options))) for strategy in strategies]
-    race = _Race(data, split, budget, recorder, config, observer, runs=[run for _, run in entries])
+    race = _Race(data, yardstick, budget, recorder, config, observer, runs=[run for _, run in entries])
     try:
         with observer.watching(race.runs, budget):
             race.run_strategies(entries)
@@ -76,7 +80,7 @@ class _Race:
     """One race under way: what every step needs, and the steps."""
 
     data: CompetitionData
-    split: ValidationSplit
+    yardstick: Yardstick
     budget: Budget
     recorder: RaceRecorder
     config: RaceConfig
@@ -87,7 +91,11 @@ class _Race:
 
     @property
     def validation_paths(self) -> list[Path]:
-        return [item.path for item in self.split.queries + self.split.gallery]
+        """Every validation image a strategy may embed: the choice split's, then the folds' others."""
+        paths = dict.fromkeys(self.yardstick.choice_paths)
+        for fold in self.yardstick.fold_paths:
+            paths.update(dict.fromkeys(fold))
+        return list(paths)
 
     @property
     def test_paths(self) -> list[Path]:
@@ -95,12 +103,12 @@ class _Race:
 
     @property
     def context(self) -> RaceContext:
-        """What every strategy is told."""
+        """What every strategy is told (for a trained one, its validation is the folds' images)."""
         config = self.config
+        folds = [path for paths in self.yardstick.fold_paths for path in paths]
         return RaceContext(gallery_pattern=config.gallery_pattern,
                            pending_images=tuple(self.validation_paths + self.test_paths),
-                           images_after_fit=images_after_fit(len(self.validation_paths), len(self.test_paths),
-                                                             config.flip_tta),
+                           images_after_fit=images_after_fit(len(folds), len(self.test_paths), config.flip_tta),
                            cache_dir=config.cache_dir, num_workers=config.num_workers,
                            show_progress=config.show_progress)
 
@@ -123,7 +131,8 @@ class _Race:
         run.status = "estimating"
         try:
             with hard_stop(self.budget.end):
-                run.estimate = float(strategy.estimate(self.split.fit, context))
+                run.estimate = self.folds_for(strategy) * float(strategy.estimate(self.yardstick.folds[0].fit,
+                                                                                  self.context_for(strategy, context)))
             run.status = "queued"
         except OutOfTime:
             self.end_run(run, "timed-out", "still estimating when the budget ended")
@@ -143,9 +152,9 @@ class _Race:
         self.observer.started(run)
         try:
             with hard_stop(self.budget.end):
-                fitted = self.fit(strategy, run, context)
+                fits = self.fit(strategy, run, context)
                 run.status = "embedding"
-                self.score_and_submit(fitted, run)
+                self.score_and_submit(strategy, fits, run)
         except OutOfTime:
             self.end_run(run, "timed-out", f"still {run.status} when the budget ended")
         except Exception as error:  # one strategy's crash must not end the race
@@ -153,60 +162,64 @@ class _Race:
         else:
             self.end_run(run, "finished")
 
-    def fit(self, strategy: Strategy, run: StrategyRun, context: RaceContext) -> Fitted:
-        """The strategy's encoder; a training loop stops at a deadline that leaves time to embed."""
+    def folds_for(self, strategy: Strategy) -> int:
+        """How many fits a strategy makes: one per fold when it trains, else one."""
+        return len(self.yardstick.folds) if strategy.trains else 1
+
+    def context_for(self, strategy: Strategy, context: RaceContext) -> RaceContext:
+        """A zero-shot strategy embeds the choice split, not the folds, after fitting."""
+        if strategy.trains:
+            return context
+        return replace(context, images_after_fit=images_after_fit(len(self.yardstick.choice_paths),
+                                                                  len(self.test_paths), self.config.flip_tta))
+
+    def fit(self, strategy: Strategy, run: StrategyRun, context: RaceContext) -> list[Fitted]:
+        """The strategy's encoders, one per fold it fits on; a training loop stops at a deadline that
+        leaves time to embed (with several folds, the time to the deadline is shared among them)."""
         run.status = "fitting"
+        context = self.context_for(strategy, context)
         run.deadline = self.budget.fit_deadline(
             reserve_seconds(strategy.estimate_seconds(context.images_after_fit, context)))
         started = time.monotonic()
-        fitted = strategy.fit(self.split.fit, context, run.deadline)
+        fits, folds = [], self.folds_for(strategy)
+        for number, fold in enumerate(self.yardstick.folds[:folds]):
+            left = folds - number           # the last fit gets the run's deadline itself
+            deadline = run.deadline if run.deadline is None or left == 1 else \
+                time.monotonic() + (run.deadline - time.monotonic()) / left
+            fits.append(strategy.fit(fold.fit, context, deadline))
         run.fit_seconds = time.monotonic() - started
         if run.deadline is not None and time.monotonic() > run.deadline + OVERRUN_TOLERANCE:
             run.notes.append(f"fit overran its deadline by {time.monotonic() - run.deadline:.0f}s")
-        if fitted.report:
-            run.notes.append(fitted.report)
-        run.details = dict(fitted.details)
-        return fitted
+        if fits[0].report:
+            run.notes.append(fits[0].report + (f" (fold 1 of {folds})" if folds > 1 else ""))
+        run.details = dict(fits[0].details)
+        return fits
 
-    def score_and_submit(self, fitted: Fitted, run: StrategyRun) -> None:
-        encoder = fitted.encoder
-        validation, chosen = self.choose_on_validation(fitted, run)
-        test = self.embed(fitted, run, self.test_paths, run.flip_tta, "test")
+    def score_and_submit(self, strategy: Strategy, fits: list[Fitted], run: StrategyRun) -> None:
+        """Choose flip and post-processing, score on the yardstick, embed the test set with the first
+        fit's encoder, write the submission."""
+        encoder = fits[0].encoder
+        flip_tta = self.config.flip_tta
+        flips = [flip_tta] if flip_tta is not None else ([False, True] if encoder.flippable else [False])
+        recipes = None if self.config.post_process else [PLAIN]
+        evaluation = evaluate([fit.encoder for fit in fits], not strategy.trains, self.yardstick, flips, recipes,
+                              embed=lambda enc, paths, flip, what: self.embed(enc, run, paths, flip, what))
+        self.observer.unreadable("training", evaluation.first.unreadable)
+        run.validation, run.baseline = evaluation.validation, evaluation.baseline
+        run.flip_tta, run.post_processing = evaluation.flip, evaluation.recipe
+        if evaluation.note:
+            run.notes.append(evaluation.note)
+        test = self.embed(encoder, run, self.test_paths, run.flip_tta, "test")
         self.observer.unreadable("test", test.unreadable)
-        run.submission = self.write_submission(run, test, chosen)
-        run.vectors = RunVectors(validation=validation, test=test)
+        run.submission = self.write_submission(run, test, run.post_processing)
+        run.vectors = RunVectors(validation=evaluation.folds, test=test)
         if test.unreadable:
             run.notes.append(f"{len(test.unreadable)} unreadable test images")
         if encoder.report():
             run.notes.append(encoder.report())
 
-    def choose_on_validation(self, fitted: Fitted, run: StrategyRun) -> tuple[Embeddings, Recipe]:
-        """Embed the validation split (plain, and mirrored too when flip is undecided); keep the flip
-        setting and re-ranking recipe with the best score. Returns that setting's embeddings."""
-        flip_tta = self.config.flip_tta
-        flips = [flip_tta] if flip_tta is not None else ([False, True] if fitted.encoder.flippable else [False])
-        best: tuple[bool, Embeddings, PostProcessingChoice] | None = None
-        for flip in flips:
-            embeddings = self.embed(fitted, run, self.validation_paths, flip, "validation")
-            if not flip:
-                self.observer.unreadable("training", embeddings.unreadable)
-            choice = self.choose_post_processing(embeddings)
-            if not flip:
-                run.baseline = choice.baseline
-            if best is None or choice.best_score.score > best[2].best_score.score:
-                best = (flip, embeddings, choice)
-        flip, embeddings, choice = best
-        run.validation, run.post_processing, run.flip_tta = choice.best_score, choice.best, flip
-        return embeddings, choice.best
-
-    def choose_post_processing(self, validation: Embeddings) -> PostProcessingChoice:
-        recipes = None if self.config.post_process else [PLAIN]
-        rows = readable_validation(validation, self.split)
-        return choose_post_processing(rows.query, rows.gallery, rows.query_labels, rows.gallery_labels,
-                                      recipes=recipes)
-
-    def embed(self, fitted: Fitted, run: StrategyRun, paths: list[Path], flip: bool, what: str) -> Embeddings:
-        embeddings = self.context.embed(fitted.encoder, paths, flip_tta=flip,
+    def embed(self, encoder, run: StrategyRun, paths: Sequence[Path], flip: bool, what: str) -> Embeddings:
+        embeddings = self.context.embed(encoder, paths, flip_tta=flip,
                                         description=f"{run.label} {what}{' (flip)' if flip else ''}")
         run.embed_seconds += embeddings.seconds
         return embeddings
@@ -241,12 +254,13 @@ class _Race:
             self.end_run(run, "finished")
 
     def fit_ensemble(self, run: StrategyRun, members: list[StrategyRun]) -> None:
-        """Search the weights on validation, choose post-processing for the fused vectors, write the
-        submission. Each member contributes the embeddings of the flip setting it chose."""
+        """Search the weights on the yardstick, choose post-processing for the fused vectors, write
+        the submission. Each member contributes the embeddings of the flip setting it chose."""
         search_deadline = None if not self.budget.limited else (time.monotonic() + self.budget.ensemble_end) / 2
+        folds = self.yardstick.folds
         ensemble = build_ensemble([member.vectors.validation for member in members],
                                   [member.vectors.test for member in members],
-                                  readable=lambda embeddings: readable_validation(embeddings, self.split),
+                                  readable=lambda embeddings, fold: as_fold(readable_validation(embeddings, folds[fold])),
                                   deadline=search_deadline)
         kept = [members[position] for position in ensemble.members]
         run.label = ensemble_label(_member_names(kept), ensemble.weights)
@@ -254,11 +268,17 @@ class _Race:
                        "flip": [member.flip_tta for member in kept]}
         run.notes.append(ensemble.search.describe())
         run.fit_seconds = run.seconds
-        choice = self.choose_post_processing(ensemble.validation)
-        run.baseline, run.validation, run.post_processing = choice.baseline, choice.best_score, choice.best
+        recipes = None if self.config.post_process else [PLAIN]
+        scored = score_recipes([as_fold(readable_validation(embeddings, fold))
+                                for embeddings, fold in zip(ensemble.validation, folds)], recipes)
+        preference = simplest_tied([score.score for _, score in scored], [score.per_query for _, score in scored],
+                                   [recipe_complexity(candidate) for candidate, _ in scored])
+        run.post_processing, run.validation = scored[preference.chosen]
+        run.baseline = dict(scored)[PLAIN]
         flips = {member.flip_tta for member in kept}
         run.flip_tta = flips.pop() if len(flips) == 1 else None
-        run.submission = self.write_submission(run, ensemble.test, choice.best)
+        run.vectors = RunVectors(validation=ensemble.validation, test=ensemble.test)
+        run.submission = self.write_submission(run, ensemble.test, run.post_processing)
 
     # --- ending runs and the race ----------------------------------------------------------------
 
@@ -273,6 +293,8 @@ class _Race:
 
     def end_run(self, run: StrategyRun, status: str, reason: str = "") -> None:
         run.status, run.reason = status, reason or run.reason
+        if run.validation is not None and run.interval is None:
+            run.interval = score_interval(run.validation.per_query)
         run.ended = time.monotonic()
         self.observer.ended(run)
         self.record(run)
@@ -295,23 +317,27 @@ class _Race:
 
     def finish(self) -> RaceResult:
         """Copy the best run's submission, close the race row; raise RaceInterrupted after Ctrl-C."""
-        result = RaceResult(runs=self.runs, split=self.split, race_id=self.recorder.race_id,
+        result = RaceResult(runs=self.runs, yardstick=self.yardstick, race_id=self.recorder.race_id,
                             budget_seconds=self.budget.seconds, interrupted=self.interrupted)
         with holding_interrupts() as pressed:
+            best, note = choose_best(self.runs)
+            if best is not None:
+                best.chosen = True
+                if note:
+                    best.notes.append(note)
             try:
                 with hard_stop(self.budget.final_end):
-                    result.best_submission = self.write_best()
+                    result.best_submission = self.write_best(best)
             except OutOfTime:
                 self.observer.note("no time left to copy the best submission; every run's own file is written")
             result.seconds = self.budget.used()
-            self.recorder.race_ended(result.seconds)
+            self.recorder.race_ended(result.seconds, best)
         result.interrupted = result.interrupted or bool(pressed)
         if result.interrupted:
             raise RaceInterrupted(result)
         return result
 
-    def write_best(self) -> Path | None:
-        best = best_run(self.runs)
+    def write_best(self, best: StrategyRun | None) -> Path | None:
         if best is None:
             return None
         try:

@@ -19,7 +19,7 @@ RUNNING = ("estimating", "fitting", "embedding")
 @dataclass
 class RunVectors:
     """A finished run's embeddings, with the flip setting its validation chose: what ensembles fuse."""
-    validation: Embeddings             # validation queries then gallery
+    validation: list[Embeddings]       # each validation fold's queries then gallery
     test: Embeddings                   # test queries then gallery
 
 
@@ -46,6 +46,9 @@ class StrategyRun:
     ended: float | None = None
     vectors: RunVectors | None = field(default=None, repr=False)
     details: dict[str, Any] = field(default_factory=dict, repr=False)   # what fit() measured
+    trains: bool = False               # a trained strategy (ranks as less simple than a zero-shot one)
+    interval: tuple[float, float] | None = None   # the validation score's bootstrap interval
+    chosen: bool = False               # the race's pick (toolkit.race.selection.choose_best)
 
     @property
     def validation_score(self) -> float | None:
@@ -66,12 +69,17 @@ class StrategyRun:
 @dataclass
 class RaceResult:
     runs: list[StrategyRun]
-    split: Any                         # the ValidationSplit the runs were scored on
+    yardstick: Any                     # the validation folds the runs were scored on (race.validation)
     seconds: float = 0.0
     race_id: int | None = None         # its row in the leaderboard, when one is kept
     budget_seconds: float | None = None
     best_submission: Path | None = None   # the copy of the best run's submission (<time>-best.json)
     interrupted: bool = False
+
+    @property
+    def split(self) -> Any:
+        """The first validation fold (the only one unless identities are few)."""
+        return self.yardstick.folds[0]
 
     @property
     def best(self) -> StrategyRun | None:
@@ -97,8 +105,8 @@ class RaceObserver:
     def roles(self, gallery_pattern: str | None, detected: bool) -> None:
         """Which validation roles the race uses (a detected or given pattern, or random)."""
 
-    def split(self, split: Any) -> None:
-        """The validation split is made."""
+    def split(self, yardstick: Any) -> None:
+        """The validation folds and the choice split are made (toolkit.race.validation.Yardstick)."""
 
     def started(self, run: StrategyRun) -> None:
         """A strategy starts fitting."""

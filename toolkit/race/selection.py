@@ -1,48 +1,64 @@
 """Which run is the best: the one rule the race, the leaderboard, `submit --best`, `show` and the
 report all follow.
 
-A candidate is a finished run with a validation score and a submission file. Candidates rank by
-validation score, highest first; among equal scores the one given first wins (runs are given in
-the order the race ran and recorded them), so the race's <time>-best.json and `submit --best`
-name the same run.
+A candidate is a finished run with a validation score and a submission file. At the end of a
+race, `choose_best` picks among them: the best validation score, unless a simpler run is tied
+with it within the bootstrap interval of their paired difference (a zero-shot strategy before a
+trained one, a single strategy before an ensemble); the race marks that run `chosen` and the
+leaderboard keeps the mark. `best_run` returns the marked run, or else the highest score (the
+first of equals, runs being given in the order the race ran them).
 
-Runs are read as plain records, in either of the two shapes the toolkit has: a race's run
-(toolkit.race.runner.StrategyRun: `validation.score`, `submission`) or a leaderboard row
-(toolkit.records.store.Run: `validation_score`, `submission_path`); both have a `status`.
+Runs are read as plain records with `status`, `validation_score`, `submission_path` and `chosen`:
+a race's run (toolkit.race.runs.StrategyRun) and a leaderboard row (toolkit.records.store.Run)
+both have them.
 """
 from __future__ import annotations
 
-from typing import Any, Iterable, TypeVar
+from typing import Any, Iterable, Sequence, TypeVar
+
+from toolkit.retrieval.ensemble import ENSEMBLE
+from toolkit.retrieval.uncertainty import simplest_tied
 
 R = TypeVar("R")
 
 
-def validation_score(run: Any) -> float | None:
-    """The run's validation score, or None when it has none."""
-    if hasattr(run, "validation_score"):
-        return run.validation_score
-    validation = getattr(run, "validation", None)
-    return None if validation is None else validation.score
-
-
-def submission_file(run: Any) -> Any:
-    """The run's submission file (a path or its text), or None when it wrote none."""
-    if hasattr(run, "submission_path"):
-        return run.submission_path
-    return getattr(run, "submission", None)
-
-
 def is_candidate(run: Any) -> bool:
     """Finished, scored on validation and with a submission: a run that may be called the best."""
-    return run.status == "finished" and validation_score(run) is not None and bool(submission_file(run))
+    return run.status == "finished" and run.validation_score is not None and bool(run.submission_path)
 
 
 def ranked_runs(runs: Iterable[R]) -> list[R]:
     """The candidates, best first (equal scores keep the order they were given in)."""
-    return sorted((run for run in runs if is_candidate(run)), key=lambda run: -validation_score(run))
+    return sorted((run for run in runs if is_candidate(run)), key=lambda run: -run.validation_score)
 
 
 def best_run(runs: Iterable[R]) -> R | None:
-    """The best candidate, or None when no run is one."""
-    ranked = ranked_runs(runs)
+    """The run the race chose, else the best candidate; None when no run is one."""
+    candidates = [run for run in runs if is_candidate(run)]
+    chosen = [run for run in candidates if run.chosen]
+    if chosen:
+        return chosen[0]
+    ranked = ranked_runs(candidates)
     return ranked[0] if ranked else None
+
+
+def complexity(run: Any) -> int:
+    """0 for a zero-shot strategy, 1 for a trained one, 2 for an ensemble."""
+    return 2 if run.strategy == ENSEMBLE else 1 if run.trains else 0
+
+
+def choose_best(runs: Sequence[Any]) -> tuple[Any | None, str]:
+    """The race's pick among its runs (each with its `validation` RetrievalScore on the same
+    validation queries), and a note when a simpler run stood in for the best-scoring one."""
+    candidates = [run for run in runs if is_candidate(run)]
+    if not candidates:
+        return None, ""
+    preference = simplest_tied([run.validation.score for run in candidates],
+                               [run.validation.per_query for run in candidates],
+                               [complexity(run) for run in candidates])
+    chosen, best = candidates[preference.chosen], candidates[preference.best]
+    if not preference.simpler_chosen:
+        return chosen, ""
+    low, high = preference.interval
+    return chosen, (f"chosen over {best.label} ({best.validation.score:.1f}): the simpler run, tied on validation "
+                    f"(difference {low:+.1f} to {high:+.1f})")

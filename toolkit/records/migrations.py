@@ -11,7 +11,7 @@ from typing import Any, Sequence
 from sqlalchemy import Table
 from sqlmodel import SQLModel
 
-SCHEMA_VERSION = 2   # 2: run.flip_tta, run.post_processing, run.plain_score
+SCHEMA_VERSION = 3   # 2: run.flip_tta, run.post_processing, run.plain_score; 3: run.validation_low/high, run.chosen
 
 
 def create_or_upgrade(engine: Any, tables: Sequence[Table]) -> int:

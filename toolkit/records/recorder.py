@@ -28,6 +28,8 @@ def run_fields(run: Any) -> dict[str, Any]:
         plain_score=run.baseline.score if getattr(run, "baseline", None) else None,
         flip_tta=getattr(run, "flip_tta", None) if score else None,
         post_processing=getattr(run, "post_processing", None) if score else None,
+        validation_low=run.interval[0] if run.interval else None,
+        validation_high=run.interval[1] if run.interval else None,
         submission_path=str(Path(run.submission).resolve()) if run.submission else None)
 
 
@@ -57,12 +59,13 @@ class RaceRecorder:
         except (LeaderboardError, SQLAlchemyError, OSError) as error:
             self._warn(error)
 
-    def race_ended(self, seconds: float) -> None:
+    def race_ended(self, seconds: float, chosen: Any = None) -> None:
+        """The race's seconds, and the run it chose as its best (a StrategyRun, or None)."""
         if self.board is None:
             return
         try:
             if self.race_id is not None:
-                self.board.finish_race(self.race_id, seconds)
+                self.board.finish_race(self.race_id, seconds, chosen.run_id if chosen is not None else None)
         except (LeaderboardError, SQLAlchemyError, OSError) as error:
             self._warn(error)
         finally:

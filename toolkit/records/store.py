@@ -111,6 +111,9 @@ class Run(SQLModel, table=True):
     plain_score: float | None = None           # validation without flip TTA or post-processing
     flip_tta: bool | None = None               # flip test-time augmentation, as validation chose
     post_processing: Recipe | str | None = Field(default=None, sa_type=RecipeText)   # the recipe validation chose
+    validation_low: float | None = None        # the validation score's bootstrap interval
+    validation_high: float | None = None
+    chosen: bool | None = None                 # the race's pick as the best run (toolkit.race.selection)
     submission_path: str | None = None
     ended_at: datetime | None = Field(default_factory=_now)
 
@@ -196,12 +199,16 @@ class Leaderboard:
         return self._add(Race(data_path=str(data_path) if data_path else None, data_fingerprint=data_fingerprint,
                               budget_seconds=budget_seconds, options=_json(options or {}), **machine))
 
-    def finish_race(self, race_id: int, seconds: float) -> None:
+    def finish_race(self, race_id: int, seconds: float, chosen_run_id: int | None = None) -> None:
+        """The race's end time and seconds, and the run it chose as its best."""
         with self._session() as session:
             race = session.get(Race, race_id)
             if race is not None:
                 race.ended_at, race.seconds = _now(), seconds
-                session.commit()
+            chosen = session.get(Run, chosen_run_id) if chosen_run_id is not None else None
+            if chosen is not None:
+                chosen.chosen = True
+            session.commit()
 
     def race(self, race_id: int) -> Race | None:
         with self._session() as session:

@@ -98,6 +98,14 @@ class Embeddings:
         mask[list(self.problems)] = False
         return mask
 
+    def select(self, paths: Sequence[Path]) -> "Embeddings":
+        """The embeddings of these paths (each one of self.paths), in their order."""
+        row_of = {path: row for row, path in enumerate(self.paths)}
+        rows = [row_of[Path(path)] for path in paths]
+        problems = {new: self.problems[old] for new, old in enumerate(rows) if old in self.problems}
+        return Embeddings(paths=[self.paths[row] for row in rows], vectors=self.vectors[rows], problems=problems,
+                          from_cache=len(rows))
+
 
 class _ImageFiles(Dataset):
     def __init__(self, paths: Sequence[Path], encoder: Encoder):

@@ -24,7 +24,7 @@ import numpy as np
 
 from toolkit.retrieval.encoder import l2_normalise
 from toolkit.retrieval.embed import Embeddings
-from toolkit.retrieval.metrics import RetrievalScore, score_rankings
+from toolkit.retrieval.metrics import RetrievalScore, pooled_score, score_rankings
 
 ENSEMBLE = "ensemble"          # the `strategy` of an ensemble run in the leaderboard
 DEFAULT_STEP = 0.1
@@ -88,21 +88,25 @@ class WeightSearch:
         return f"{self.tried} weightings tried on validation" + ("" if self.complete else " (cut short by the budget)")
 
 
-def search_weights(members: Sequence[tuple[np.ndarray, np.ndarray]], query_labels: Sequence,
-                   gallery_labels: Sequence, step: float = DEFAULT_STEP, k: int = 10,
-                   deadline: float | None = None) -> WeightSearch:
-    """The grid point with the best validation score. `members` are (query, gallery) vectors of the
-    same validation images; `deadline` (time.monotonic) ends the search early with the best so far."""
-    similarities = [l2_normalise(query) @ l2_normalise(gallery).T for query, gallery in members]
-    labels = np.asarray(gallery_labels, dtype=object)
+def search_weights(members: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], labels: Sequence[tuple[Sequence, Sequence]],
+                   step: float = DEFAULT_STEP, k: int = 10, deadline: float | None = None) -> WeightSearch:
+    """The grid point with the best validation score, pooled over folds. `members[m][f]` is member
+    m's (query, gallery) vectors of fold f, `labels[f]` that fold's (query labels, gallery labels);
+    `deadline` (time.monotonic) ends the search early with the best so far."""
+    similarities = [[l2_normalise(query) @ l2_normalise(gallery).T for query, gallery in member] for member in members]
     grid = simplex_grid(len(members), step)
     best: tuple[tuple[float, ...], RetrievalScore] | None = None
     tried = 0
     for weights in grid:
         if best is not None and deadline is not None and time.monotonic() > deadline:
             break
-        fused = sum(np.float32(weight) * similarity for weight, similarity in zip(weights, similarities))
-        score = score_rankings(labels[_top_indices(fused, k)].tolist(), list(query_labels), list(gallery_labels))
+        per_fold = []
+        for fold, (query_labels, gallery_labels) in enumerate(labels):
+            fused = sum(np.float32(weight) * member[fold] for weight, member in zip(weights, similarities))
+            gallery = np.asarray(gallery_labels, dtype=object)
+            per_fold.append(score_rankings(gallery[_top_indices(fused, k)].tolist(), list(query_labels),
+                                           list(gallery_labels)))
+        score = pooled_score(per_fold)
         tried += 1
         if best is None or score.score > best[1].score:
             best = (weights, score)
@@ -112,28 +116,34 @@ def search_weights(members: Sequence[tuple[np.ndarray, np.ndarray]], query_label
 @dataclass
 class Ensemble:
     """What build_ensemble found: the members kept (a positive weight), their weights, the fused
-    validation and test embeddings, and how the search went."""
+    validation folds' and test embeddings, and how the search went."""
     members: list[int]               # positions in the members given
     weights: list[float]
-    validation: Embeddings
+    validation: list[Embeddings]     # one per fold
     test: Embeddings
     search: WeightSearch
 
 
-def build_ensemble(validation: Sequence[Embeddings], test: Sequence[Embeddings],
-                   readable: Callable[[Embeddings], tuple], deadline: float | None = None) -> Ensemble:
-    """Search the weights of the members on validation and fuse their embeddings. `readable(e)`
-    gives the ValidationRows of validation embeddings (toolkit.retrieval.ranking.readable_validation);
-    the rows unreadable for any member are left out for all of them."""
-    problems = common_problems(validation)
-    validation = [with_problems(embeddings, problems) for embeddings in validation]
-    rows = [readable(embeddings) for embeddings in validation]
-    search = search_weights([(part.query, part.gallery) for part in rows], rows[0].query_labels, rows[0].gallery_labels,
+def build_ensemble(validation: Sequence[Sequence[Embeddings]], test: Sequence[Embeddings],
+                   readable: Callable[[Embeddings, int], tuple], deadline: float | None = None) -> Ensemble:
+    """Search the weights of the members on the validation folds (`validation[m][f]`: member m's
+    embeddings of fold f) and fuse their embeddings. `readable(e, f)` gives fold f's (query,
+    gallery, query labels, gallery labels) of embeddings e, unreadable rows left out; the rows
+    unreadable for any member are left out for all of them."""
+    folds = len(validation[0])
+    aligned = []
+    for fold in range(folds):
+        problems = common_problems([member[fold] for member in validation])
+        aligned.append([with_problems(member[fold], problems) for member in validation])
+    rows = [[readable(aligned[fold][position], fold) for fold in range(folds)] for position in range(len(validation))]
+    search = search_weights([[(query, gallery) for query, gallery, _, _ in member] for member in rows],
+                            [(query_labels, gallery_labels) for _, _, query_labels, gallery_labels in rows[0]],
                             deadline=deadline)
     kept = [position for position, weight in enumerate(search.weights) if weight > 0]
     weights = [search.weights[position] for position in kept]
     return Ensemble(members=kept, weights=weights, search=search,
-                    validation=fuse_embeddings([validation[position] for position in kept], weights),
+                    validation=[fuse_embeddings([aligned[fold][position] for position in kept], weights)
+                                for fold in range(folds)],
                     test=fuse_embeddings([test[position] for position in kept], weights))
 
 

@@ -18,8 +18,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from toolkit.retrieval import rerank
-from toolkit.retrieval.metrics import RetrievalScore, score_rankings
+from toolkit.retrieval.metrics import RetrievalScore, pooled_score, score_rankings
 from toolkit.retrieval.search import top_k
+from toolkit.retrieval.uncertainty import Preference, simplest_tied
 
 Transform = Callable[..., tuple[np.ndarray, np.ndarray]]     # (query, gallery, **params) -> (query, gallery)
 Scorer = Callable[..., np.ndarray]                           # (scores, query, gallery, **params) -> scores
@@ -168,8 +169,11 @@ def candidate_recipes() -> list[Recipe]:
 
 @dataclass
 class PostProcessingChoice:
+    """Every recipe's validation score, and the one chosen: the best, or a simpler recipe tied
+    with it within the bootstrap interval (plain nearest neighbours before any re-ranking)."""
     best: Recipe
     scores: list[tuple[Recipe, RetrievalScore]] = field(default_factory=list)
+    preference: Preference | None = None
 
     @property
     def baseline(self) -> RetrievalScore:
@@ -180,20 +184,35 @@ class PostProcessingChoice:
         return next(score for candidate, score in self.scores if candidate == self.best)
 
 
-def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
-                           recipes: Sequence[Recipe] | None = None, k: int = 10,
-                           min_gain: float = 1.0) -> PostProcessingChoice:
-    """Score every recipe on validation; keep plain unless another beats it by min_gain points."""
-    scored = []
-    labels = np.asarray(gallery_labels, dtype=object)
+Fold = tuple[np.ndarray, np.ndarray, Sequence, Sequence]     # query, gallery, query labels, gallery labels
+
+
+def score_recipes(folds: Sequence[Fold], recipes: Sequence[Recipe] | None = None,
+                  k: int = 10) -> list[tuple[Recipe, RetrievalScore]]:
+    """Each recipe's score pooled over the validation folds (plain first, added when missing)."""
     candidates = list(recipes or candidate_recipes())
     if PLAIN not in candidates:
         candidates.insert(0, PLAIN)
+    scored = []
     for candidate in candidates:
-        indices = ranked_indices(candidate, query, gallery, k)
-        scored.append((candidate, score_rankings(labels[indices].tolist(), list(query_labels), list(gallery_labels))))
-    baseline = next(score for candidate, score in scored if candidate.plain)
-    best, best_score = max(scored, key=lambda pair: pair[1].score)
-    if best_score.score < baseline.score + min_gain:
-        best = PLAIN
-    return PostProcessingChoice(best=best, scores=scored)
+        per_fold = []
+        for query, gallery, query_labels, gallery_labels in folds:
+            labels = np.asarray(gallery_labels, dtype=object)
+            indices = ranked_indices(candidate, query, gallery, k)
+            per_fold.append(score_rankings(labels[indices].tolist(), list(query_labels), list(gallery_labels)))
+        scored.append((candidate, pooled_score(per_fold)))
+    return scored
+
+
+def recipe_complexity(candidate: Recipe) -> int:
+    """Plain nearest neighbours is the simplest; every step adds one."""
+    return len(candidate.steps)
+
+
+def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
+                           recipes: Sequence[Recipe] | None = None, k: int = 10) -> PostProcessingChoice:
+    """Score every recipe on one validation fold; keep the best unless a simpler one ties with it."""
+    scored = score_recipes([(query, gallery, query_labels, gallery_labels)], recipes, k)
+    preference = simplest_tied([score.score for _, score in scored], [score.per_query for _, score in scored],
+                               [recipe_complexity(candidate) for candidate, _ in scored])
+    return PostProcessingChoice(best=scored[preference.chosen][0], scores=scored, preference=preference)

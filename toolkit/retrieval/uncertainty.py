@@ -2,6 +2,9 @@
 score and for the difference between two runs scored on the same queries (paired)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import Sequence
+
 import numpy as np
 
 RESAMPLES = 2000
@@ -35,3 +38,36 @@ def difference_interval(better: np.ndarray, other: np.ndarray, level: float = LE
     if better.shape != other.shape:
         raise ValueError(f"paired scores need the same queries: {better.shape} vs {other.shape}")
     return score_interval(better - other, level, resamples, seed)
+
+
+@dataclass(frozen=True)
+class Preference:
+    """Which candidate was chosen; when a simpler one stood in for the best-scoring one (tied with
+    it within the interval), the best one's index and the interval of best minus chosen."""
+    chosen: int
+    best: int
+    interval: tuple[float, float] | None = None
+
+    @property
+    def simpler_chosen(self) -> bool:
+        return self.chosen != self.best
+
+
+def simplest_tied(scores: Sequence[float], per_query: Sequence[np.ndarray], complexity: Sequence[int],
+                  level: float = LEVEL) -> Preference:
+    """The candidate to choose: the best score, unless a simpler candidate (lower complexity) is
+    tied with it, i.e. the paired interval of best minus it holds 0; then the best-scoring of the
+    simplest tied level. Equal scores: the first given."""
+    best = max(range(len(scores)), key=lambda index: (scores[index], -index))
+    for level_complexity in sorted(set(complexity)):
+        if level_complexity >= complexity[best]:
+            break
+        members = [index for index in range(len(scores)) if complexity[index] == level_complexity]
+        candidate = max(members, key=lambda index: (scores[index], -index))
+        try:
+            low, high = difference_interval(per_query[best], per_query[candidate], level)
+        except ValueError:       # not the same queries: not comparable, so not tied
+            continue
+        if low <= 0:
+            return Preference(chosen=candidate, best=best, interval=(low, high))
+    return Preference(chosen=best, best=best)

@@ -21,7 +21,7 @@ from urllib3.exceptions import MaxRetryError
 from urllib3.util import Retry
 
 from toolkit.data.fetch import describe_connection_error
-from toolkit.records.leaderboard import Leaderboard, ServerSubmission
+from toolkit.records.store import Leaderboard, ServerSubmission
 
 DEFAULT_TIMEOUT = 30.0           # seconds to wait for the server's answer
 DEFAULT_RETRIES = 3              # extra tries after a connection error or an HTTP 5xx

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from toolkit.data.dataset import LayoutError, find_competition
-from toolkit.records.leaderboard import Leaderboard, Run
+from toolkit.records.store import Leaderboard, Run
 from toolkit.submit.submission import validate_submission, validate_submission_structure
 
 

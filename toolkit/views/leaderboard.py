@@ -15,13 +15,14 @@ from rich.table import Table
 
 from toolkit.race.selection import best_run
 from toolkit.views.fit import fitted_table
-from toolkit.views.text import budget_text, local_time, number, post_processing_text, shorten
+from toolkit.views.text import budget_text, interval_text, local_time, number, post_processing_text, shorten
 
-LEADERBOARD_COLUMNS = ("run", "race", "strategy", "status", "val score", "server", "plain", "post-processing", "Top1",
+LEADERBOARD_COLUMNS = ("run", "race", "strategy", "status", "val score", "90% interval", "server", "plain",
+                       "post-processing", "Top1",
                        "Top5", "Top10", "mAP@10", "fit s", "embed s", "sends", "submission / reason")
 # left out first to last when the terminal is too narrow for every column
 LEADERBOARD_OPTIONAL = ("sends", "mAP@10", "Top10", "Top5", "embed s", "fit s", "race", "plain", "Top1",
-                        "post-processing")
+                        "post-processing", "90% interval")
 LEFT = ("strategy", "status", "post-processing", "submission / reason")
 
 
@@ -31,6 +32,7 @@ def run_cells(run: Any) -> dict[str, str]:
     return {"run": "-" if getattr(run, "id", None) is None else str(run.id),
             "race": "-" if getattr(run, "race_id", None) is None else str(run.race_id),
             "strategy": run.name, "status": run.status, "val score": number(run.validation_score, 1),
+            "90% interval": interval_text(run.validation_low, run.validation_high),
             "plain": number(run.plain_score, 1), "post-processing": post_processing_text(run),
             "Top1": number(run.validation_top1, 3), "Top5": number(run.validation_top5, 3),
             "Top10": number(run.validation_top10, 3), "mAP@10": number(run.validation_map_at_10, 3),

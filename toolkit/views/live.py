@@ -5,7 +5,7 @@ The table is a rich Live display. The progress bars of toolkit.retrieval.embed a
 own; rich (15.0 and later) nests them, so they render under the table while a strategy embeds and
 print above it when done. With an older rich, which allows one Live display at a time, the table
 is printed between strategies instead. Off when show_progress is False (and transient: the final
-results table, toolkit.views.race.race_table, replaces it; still importable from here).
+results table, toolkit.views.race.race_table, replaces it).
 """
 from __future__ import annotations
 
@@ -19,7 +19,6 @@ from rich.text import Text
 
 from toolkit.machine.console import console
 from toolkit.race.budget import Budget
-from toolkit.views.race import race_table  # noqa: F401 (the results table, imported from here by the runner)
 
 STATUS_STYLES = {"queued": "dim", "estimating": "cyan", "fitting": "bold cyan", "embedding": "bold cyan",
                  "finished": "green", "skipped": "yellow", "failed": "red", "timed-out": "red"}

@@ -12,9 +12,10 @@ from toolkit.records.recorder import run_fields
 from toolkit.views.leaderboard import row_style, run_cells, run_detail, runs_table
 from toolkit.views.text import number
 
-RACE_COLUMNS = ("strategy", "status", "score", "plain", "Top1", "Top5", "Top10", "mAP@10", "post-processing",
-                "est s", "fit s", "embed s", "submission / reason")
-RACE_OPTIONAL = ("mAP@10", "Top10", "Top5", "est s", "embed s", "fit s", "plain", "Top1", "post-processing")
+RACE_COLUMNS = ("strategy", "status", "score", "90% interval", "plain", "Top1", "Top5", "Top10", "mAP@10",
+                "post-processing", "est s", "fit s", "embed s", "submission / reason")
+RACE_OPTIONAL = ("mAP@10", "Top10", "Top5", "est s", "embed s", "fit s", "plain", "Top1", "post-processing",
+                 "90% interval")
 
 
 def race_table(result: Any, width: int | None = None) -> Table:

@@ -38,10 +38,8 @@ class RaceConsole(RaceObserver):
         elif detected:
             console.print("validation roles: drawn at random (no stylised-file marker detected)")
 
-    def split(self, split) -> None:
-        console.print(f"validation split: {len(split.held_out_identities)} held-out identities, "
-                      f"{len(split.queries)} queries, {len(split.gallery)} gallery; "
-                      f"{len(split.fit)} images left to fit on")
+    def split(self, yardstick) -> None:
+        console.print(escape(yardstick.describe()))
 
     def started(self, run: StrategyRun) -> None:
         console.rule(escape(run.label))

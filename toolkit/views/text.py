@@ -13,6 +13,11 @@ def shorten(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[:limit - 1] + ELLIPSIS
 
 
+def interval_text(low: float | None, high: float | None) -> str:
+    """'921.4-948.0', or '-' when there is no interval."""
+    return "-" if low is None or high is None else f"{low:.1f}-{high:.1f}"
+
+
 def number(value: float | None, digits: int) -> str:
     """`value` with `digits` decimals, or '-' when there is none."""
     return "-" if value is None else f"{value:.{digits}f}"
