@@ -159,8 +159,8 @@ def test_the_ensemble_is_a_run_of_its_own_built_from_each_members_chosen_flip(tm
     assert (flipped.flip_tta, plain.flip_tta) == (True, False)
     assert ensemble.strategy == "ensemble" and ensemble.status == "finished", ensemble.reason
     assert ensemble.label.startswith("ensemble[") and ensemble.flip_tta is None   # members differ
-    assert ensemble.options["flip"] == [member.flip_tta for member in (flipped, plain)
-                                        if member.label in ensemble.options["members"]]
+    members = {member.label: member for member in (flipped, plain)}
+    assert ensemble.options["flip"] == [members[label].flip_tta for label in ensemble.options["members"]]
     assert ensemble.validation.score == pytest.approx(1000.0)
 
     # each member's kept embeddings are those of its own flip setting, straight from the cache

@@ -154,8 +154,9 @@ def test_auto_gallery_pattern_is_detected_and_handed_to_the_strategies(tmp_path,
                       num_workers=0, show_progress=False, gallery_pattern="auto", ensemble_size=0)
     [context] = told
     assert context.gallery_pattern == "*_s.*" and context.cache_dir == tmp_path / "cache"
-    # a small training folder is the choice split whole: every training image, then the test set
-    assert sorted(context.pending_images) == sorted([item.path for item in competition.training]
-                                                    + list(competition.queries) + list(competition.gallery))
+    # a small training folder is the choice split whole (less the distractors' queries), then the test set
+    validation = set(result.yardstick.choice_paths).union(*result.yardstick.fold_paths)
+    assert sorted(context.pending_images) == sorted(validation | set(competition.queries) | set(competition.gallery))
+    assert len(validation) < len(competition.training)
     assert all(item.path.stem.endswith("_s") for item in result.split.gallery if item.label in
                {query.label for query in result.split.queries})

@@ -102,3 +102,19 @@ def test_roles_are_the_same_in_every_fold_and_in_the_role_split():
     for fold in make_validation_folds(training, held_out_fraction=0.2, seed=3, min_identities=10):
         assert {item.path for item in fold.queries} <= queries
         assert not {item.path for item in fold.gallery} & queries
+
+
+def test_validation_is_shaped_like_the_test_with_distractor_identities():
+    from toolkit.data.split import distractor_identities, role_split, without_queries_of
+
+    training = _training({f"id{n:02d}": 4 for n in range(40)}, stylised=True)   # 2 queries, 2 gallery each
+    assert distractor_identities(training, 0, "*_s.*", None) == set()
+    assert distractor_identities(training, 0, "*_s.*", 0.5) == set()       # already more gallery than that
+    distractors = distractor_identities(training, 0, "*_s.*", 2.0)          # the test: 2 gallery a query
+    assert 12 <= len(distractors) <= 28                                     # about half, drawn per identity
+    assert distractors == distractor_identities(list(reversed(training)), 0, "*_s.*", 2.0)
+    shaped = without_queries_of(role_split(training, 0, "*_s.*"), distractors)
+    assert not {item.label for item in shaped.queries} & distractors
+    assert len(shaped.gallery) == 80 and len(shaped.queries) == 2 * (40 - len(distractors))
+    everyone = {item.label for item in training}
+    assert without_queries_of(role_split(training, 0, "*_s.*"), everyone).queries   # one identity keeps queries

@@ -7,7 +7,8 @@ drawn at random; `gallery_pattern` (a filename glob such as "*_s.*") gives the g
 the matching files instead, when the training folder marks the stylised renderings by name.
 Seeded and reproducible: the same inputs and seed give the same split. With few identities,
 `make_validation_folds` adds folds holding out other identities; `role_split` puts every
-identity in its roles, for strategies that fit nothing.
+identity in its roles, for strategies that fit nothing; `distractor_identities` and
+`without_queries_of` give validation the test's share of gallery images that no query matches.
 """
 from __future__ import annotations
 
@@ -110,6 +111,33 @@ def role_split(training: Sequence[LabelledImage], seed: int = 0,
     if not _pairable(by_identity):
         raise ValueError("validation needs at least one training identity with two or more images")
     return _holding_out(by_identity, set(by_identity), seed, 0.5, gallery_pattern)
+
+
+def distractor_identities(training: Sequence[LabelledImage], seed: int, gallery_pattern: str | None,
+                          gallery_per_query: float | None) -> set[str]:
+    """Identities whose queries validation leaves out, keeping only their gallery images: the
+    test gallery holds people no query shows, and validation should too. As many as it takes
+    (drawn per identity, seeded) for the validation gallery to hold `gallery_per_query` images a
+    query, the test's own ratio; none when validation already has that many or the ratio is unknown."""
+    if not gallery_per_query:
+        return set()
+    everyone = role_split(training, seed, gallery_pattern)
+    queries, gallery = len(everyone.queries), len(everyone.gallery)
+    share = 1.0 - gallery / (queries * gallery_per_query) if queries else 0.0
+    if share <= 0:
+        return set()
+    with_queries = sorted({item.label for item in everyone.queries})
+    return {name for name in with_queries if random.Random(f"distractor/{seed}/{name}").random() < share}
+
+
+def without_queries_of(split: ValidationSplit, distractors: set[str]) -> ValidationSplit:
+    """The split with the queries of `distractors` left out (their gallery images stay, as
+    distractors); at least one identity keeps its queries."""
+    kept = [item for item in split.queries if item.label not in distractors]
+    if not kept and split.queries:
+        first = split.queries[0].label
+        kept = [item for item in split.queries if item.label == first]
+    return ValidationSplit(fit=split.fit, queries=kept, gallery=split.gallery)
 
 
 def _by_identity(training: Sequence[LabelledImage]) -> dict[str, list[LabelledImage]]:

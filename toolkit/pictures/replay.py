@@ -29,7 +29,7 @@ from toolkit.machine.console import warn
 from toolkit.models.weights import WeightsUnavailable
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import RaceContext, Strategy
-from toolkit.race.validation import Yardstick
+from toolkit.race.validation import Yardstick, gallery_per_query
 from toolkit.views.text import shorten
 from toolkit.records.provenance import data_fingerprint
 from toolkit.records.store import Leaderboard, Run
@@ -101,8 +101,10 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
     if pattern == AUTO:        # a row that does not say: what a race would detect today
         pattern = detect_gallery_pattern(competition.training)
     try:
+        new = "max_folds" in options            # races before folds and shaping: one plain split
         yardstick = Yardstick.make(competition.training, config.held_out_fraction, config.seed, pattern,
-                                   config.max_folds if "max_folds" in options else 1)   # older races: one split
+                                   config.max_folds if new else 1,
+                                   gallery_per_query(competition) if new and config.test_shaped else None)
     except ValueError as error:
         raise ReplayError(f"race {record.race_id}: no validation split of {competition.root} ({error})") from None
     try:

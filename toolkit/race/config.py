@@ -41,6 +41,8 @@ class RaceConfig:
     seed, held_out_fraction   the validation split: identities held out of training/
     max_folds           with few identities held out, up to this many identity-disjoint folds
                         (toolkit.data.split.make_validation_folds); 1: a single split
+    test_shaped         validation holds as many gallery images a query as the test does
+                        (distractor identities whose queries are left out)
     gallery_pattern     filename glob of the training files that take the gallery role in
                         validation (e.g. "*_s.*"); "auto" detects a marker; None: random roles
     flip_tta            flip test-time augmentation: None lets validation decide
@@ -56,6 +58,7 @@ class RaceConfig:
     seed: int = 0
     held_out_fraction: float = 0.2
     max_folds: int = MAX_FOLDS
+    test_shaped: bool = True
     gallery_pattern: str | None = AUTO
     flip_tta: bool | None = None
     post_process: bool = True
@@ -66,8 +69,8 @@ class RaceConfig:
     cache_dir: Path | None = None
 
     # what the race row keeps: what decides the numbers, not where files go or how it is shown
-    RECORDED = ("seed", "held_out_fraction", "max_folds", "gallery_pattern", "flip_tta", "post_process",
-                "ensemble_size")
+    RECORDED = ("seed", "held_out_fraction", "max_folds", "test_shaped", "gallery_pattern", "flip_tta",
+                "post_process", "ensemble_size")
 
     def with_options(self, **changes: Any) -> "RaceConfig":
         return replace(self, **changes)

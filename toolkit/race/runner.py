@@ -31,7 +31,7 @@ from toolkit.race.contract import Fitted, RaceContext, Strategy
 from toolkit.race.evaluation import as_fold, evaluate
 from toolkit.race.runs import RUNNING, RaceInterrupted, RaceObserver, RaceResult, RunVectors, StrategyRun
 from toolkit.race.selection import choose_best
-from toolkit.race.validation import Yardstick
+from toolkit.race.validation import Yardstick, gallery_per_query
 from toolkit.records.recorder import RaceRecorder
 from toolkit.records.store import Leaderboard
 from toolkit.retrieval.embed import Embeddings
@@ -60,7 +60,7 @@ def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Race
     else:
         observer.roles(config.gallery_pattern, detected=False)
     yardstick = Yardstick.make(data.training, config.held_out_fraction, config.seed, config.gallery_pattern,
-                               config.max_folds)
+                               config.max_folds, gallery_per_query(data) if config.test_shaped else None)
     observer.split(yardstick)
     recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded())
     entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name, trains=strategy.trains,

@@ -6,6 +6,8 @@
 - The choice split: a strategy that fits nothing makes its choices (flip, post-processing) on
   every training identity in its validation roles (capped at MAX_CHOICE_IMAGES images: the
   yardstick's identities, then others drawn at random); a trained strategy on its folds.
+- Both are shaped like the test: as many gallery images a query as the test has, by leaving out
+  the queries of some identities, whose gallery images are then distractors no query matches.
 - Choosing: among the candidates, the best score, unless a simpler one is tied with it within
   the bootstrap interval (toolkit.retrieval.uncertainty.simplest_tied).
 """
@@ -17,9 +19,15 @@ from pathlib import Path
 from typing import Sequence
 
 from toolkit.data.dataset import LabelledImage
-from toolkit.data.split import ValidationSplit, make_validation_folds, role_split
+from toolkit.data.split import (ValidationSplit, distractor_identities, make_validation_folds, role_split,
+                                without_queries_of)
 
 MAX_CHOICE_IMAGES = 2000
+
+
+def gallery_per_query(data) -> float | None:
+    """The test's gallery images per query (None without queries): what validation is shaped to."""
+    return len(data.gallery) / len(data.queries) if data.queries else None
 
 
 def split_paths(split: ValidationSplit) -> list[Path]:
@@ -34,23 +42,34 @@ class Yardstick:
 
     @classmethod
     def make(cls, training: Sequence[LabelledImage], held_out_fraction: float, seed: int,
-             gallery_pattern: str | None, max_folds: int, max_choice_images: int = MAX_CHOICE_IMAGES) -> "Yardstick":
-        folds = make_validation_folds(training, held_out_fraction, seed, gallery_pattern=gallery_pattern,
-                                      max_folds=max_folds)
+             gallery_pattern: str | None, max_folds: int, gallery_per_query: float | None = None,
+             max_choice_images: int = MAX_CHOICE_IMAGES) -> "Yardstick":
+        """The folds and the choice split; `gallery_per_query` (the test's gallery images per query)
+        shapes both like the test: the queries of some identities are left out, so that their
+        gallery images are distractors no query matches (toolkit.data.split.distractor_identities)."""
+        distractors = distractor_identities(training, seed, gallery_pattern, gallery_per_query)
+        folds = [without_queries_of(fold, distractors)
+                 for fold in make_validation_folds(training, held_out_fraction, seed, gallery_pattern=gallery_pattern,
+                                                   max_folds=max_folds)]
+        queries = [item for fold in folds for item in fold.queries]
+        gallery = [item for fold in folds for item in fold.gallery]
         held = set().union(*(fold.held_out_identities for fold in folds))
         others = sorted({item.label for item in training} - held)
         random.Random(f"choice/{seed}").shuffle(others)
-        counts: dict[str, int] = {}
-        for item in training:
-            counts[item.label] = counts.get(item.label, 0) + 1
-        chosen, images = set(held), sum(counts[label] for label in held)
-        for label in others:
-            if images + counts[label] > max_choice_images:
-                break
-            chosen.add(label)
-            images += counts[label]
-        roles = role_split([item for item in training if item.label in chosen], seed, gallery_pattern)
-        return cls(folds=folds, choice=roles)
+        if others:
+            rest = without_queries_of(role_split([item for item in training if item.label in set(others)], seed,
+                                                 gallery_pattern), distractors)
+            by_label: dict[str, list[list[LabelledImage]]] = {label: [[], []] for label in others}
+            for role, items in enumerate((rest.queries, rest.gallery)):
+                for item in items:
+                    by_label[item.label][role].append(item)
+            for label in others:
+                more_queries, more_gallery = by_label[label]
+                if len(queries) + len(gallery) + len(more_queries) + len(more_gallery) > max_choice_images:
+                    break
+                queries += more_queries
+                gallery += more_gallery
+        return cls(folds=folds, choice=ValidationSplit(fit=[], queries=queries, gallery=gallery))
 
     @property
     def fold_paths(self) -> list[list[Path]]:
