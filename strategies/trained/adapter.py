@@ -4,34 +4,12 @@
     create_strategy("adapter", base="clip-zs[model=ViT-B-32,pretrained=openai]", loss="triplet")
     create_strategy("adapter", base="cnn-zs", base_options={"pretrained": False}, hidden=256)
 
-fit() embeds the training images once with the base encoder (through the embedding cache, so a
-race that already embedded them pays nothing), holds out a share of the training identities as an
-inner validation split (toolkit.data.split), and trains the projection on the rest with a
-metric-learning loss over P x K identity batches (toolkit.training.losses, toolkit.training.loop). The
-projection starts as the identity (hidden=0: a linear d -> d map; hidden>0: that linear map plus
-a residual MLP whose last layer starts at zero), so step 0 is the base itself; the checkpoint
-kept is the best by inner validation score, step 0 included, so the adapter is never worse than
-its base there. `mix` then interpolates the weights between the identity and the trained ones
-(WiSE-FT style, Wortsman et al. 2022): a fixed value in [0, 1], or None to let the inner
-validation pick among MIX_CHOICES (checkpoints are selected by the best mix at each evaluation).
-
-Options: base ("face-zs"; a registry name or a spec string "name[k=v,...]"), base_options ({} or
-"k=v;k=v"), loss ("arcface" | "supcon" | "triplet" | "contrastive"), temperature (SupCon, 0.1),
-margin (None: the loss's own default; ArcFace 0.5), scale (ArcFace, 30), hidden (0), out_dim
-(None: the base's width), steps (2000), lr (1e-3), weight_decay (1e-4), warmup (100 steps),
-seed (0), identities_per_batch (32), images_per_identity (4), mix (None), evaluate_every (50),
-held_out_fraction (0.15), gallery_pattern (None; e.g. "*_s.*" gives stylised training files the
-gallery role in the inner validation split).
-
-Tuned on the INNER validation of lfw-style over face-zs (the race's fit part, 0.2 held out, seed 0;
-2000 steps): with random query/gallery roles the inner score went 881.9 -> 916.8 (supcon),
-917.1 (triplet), 929.5 (contrastive), 933.6 (arcface); with gallery_pattern="*_s.*" (photos as
-queries, renderings as gallery, as in the test) 912.7 -> 922.2 / 936.7 / 934.1 / 943.2. Hence the
-default arcface; on that benchmark gallery_pattern="*_s.*" is the better inner validation (the
-test then said 900.8 plain vs face-zs 898.8, 957.7 with the flip + k-reciprocal the race chose).
-
-The encoder it returns is a DerivedEncoder: embedding serves it from the base's cached embeddings
-through `project`, so nothing is ever re-embedded for an adapter. Training on a CPU takes seconds (the inputs are cached vectors, not images).
+fit() embeds the training images once with the base (through the race's embedding cache), holds
+out some training identities for an inner validation split and trains the projection on the rest
+with a metric-learning loss (toolkit.training.losses) over P x K identity batches. The projection
+starts as the identity, the best checkpoint by inner validation is kept (step 0 included), and
+`mix` interpolates between the identity and the trained weights (WiSE-FT style). The encoder is a
+DerivedEncoder: it is served from the base's cached embeddings, nothing is re-embedded.
 """
 from __future__ import annotations
 
@@ -47,7 +25,7 @@ from torch import nn
 from strategies import create_strategy, parse_strategy_specs, register
 from strategies.base import (DerivedEncoder, Encoder, Fitted, RaceContext, Strategy, WeightsStatus, fingerprint_of,
                              l2_normalise)
-from toolkit.training.losses import LOSS_NAMES, LOSSES, ArcFaceHead
+from toolkit.training.losses import LOSS_DEFAULTS, LOSS_NAMES, make_loss
 from toolkit.data.split import make_validation_split
 from toolkit.training.loop import (IdentityBatchSampler, seed_everything, train_until, validation_score,
                               warmup_cosine)
@@ -132,6 +110,15 @@ def _base_spec(base: str, base_options: dict | str | None) -> tuple[str, dict[st
 
 @register
 class Adapter(Strategy):
+    """Options: base ("face-zs"; a registry name or a spec "name[k=v,...]"), base_options ({} or
+    "k=v;k=v"), loss ("arcface" | "supcon" | "triplet" | "contrastive"), temperature (SupCon, 0.1),
+    margin (None: the loss's own), scale (ArcFace, 30), hidden (0: a linear map; > 0: plus a
+    residual MLP starting at zero), out_dim (None: the base's width), steps (2000), lr (1e-3),
+    weight_decay (1e-4), warmup (100 steps), seed (0), identities_per_batch (32),
+    images_per_identity (4), mix (None: chosen on inner validation among MIX_CHOICES),
+    evaluate_every (50), held_out_fraction (0.15), gallery_pattern (None; e.g. "*_s.*" gives
+    stylised training files the gallery role in the inner validation split)."""
+
     name = "adapter"
     summary = "a projection trained with a metric-learning loss on a zero-shot strategy's cached embeddings"
     trains = True
@@ -223,20 +210,10 @@ class Adapter(Strategy):
         projection = Projection(in_dim, out_dim, int(settings["hidden"]))
         initial_state = {key: value.clone() for key, value in projection.state_dict().items()}
         loss_name = settings["loss"]
-        head = None
-        if loss_name == "arcface":
-            margin = 0.5 if settings["margin"] is None else float(settings["margin"])
-            head = ArcFaceHead(out_dim, len(identities), scale=float(settings["scale"]), margin=margin)
-            loss_of = head
-        elif loss_name == "supcon":
-            temperature = float(settings["temperature"])
-            loss_of = lambda embeddings, labels: LOSSES["supcon"](embeddings, labels, temperature)  # noqa: E731
-        else:
-            margin = settings["margin"]
-            loss_of = LOSSES[loss_name] if margin is None else \
-                (lambda embeddings, labels: LOSSES[loss_name](embeddings, labels, float(margin)))  # noqa: E731
-
-        trained = nn.ModuleDict({"projection": projection, **({"head": head} if head is not None else {})})
+        given = {"temperature": settings["temperature"], "margin": settings["margin"], "scale": settings["scale"]}
+        loss_of = make_loss(loss_name, embedding_dim=out_dim, num_classes=len(identities),
+                            **{key: value for key, value in given.items() if key in LOSS_DEFAULTS[loss_name]})
+        trained = nn.ModuleDict({"projection": projection, "loss": loss_of})   # ArcFace's class centres train too
         optimizer = torch.optim.AdamW(trained.parameters(), lr=float(settings["lr"]),
                                       weight_decay=float(settings["weight_decay"]))
         steps = int(settings["steps"])

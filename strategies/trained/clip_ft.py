@@ -3,32 +3,9 @@
     create_strategy("clip-ft", model="ViT-B-32", pretrained="openai")
     create_strategy("clip-ft", objective="both", unfreeze="all", steps=1000)
 
-The model is loaded exactly as clip-zs loads it (same caches, same preprocessing, `pretrained`
-empty = random init seeded by `seed`) and trained by image_training's TrainedImageStrategy (inner
-validation split, P x K identity batches, augmentation, AdamW + warm-up/cosine, train_until with the
-best checkpoint kept, deadline). Objectives:
-
-    flyp     (default) FLYP-style: fine-tune as CLIP was pre-trained. Each identity's text is
-             `prompt` ("a photo of {}") with underscores as spaces; the CLIP loss between the batch's
-             images and the texts of the batch's identities (image -> text cross-entropy, and
-             text -> image with every image of the identity a positive), at CLIP's logit scale.
-    supcon   supervised contrastive loss (temperature 0.1) on the image embeddings, plus
-             cross-entropy of a cosine classifier over the fit identities, initialised with their
-             text embeddings (the zero-shot head).
-    both     the sum.
-
-unfreeze: "last" (default) trains the last `unfreeze_blocks` (2) residual blocks of the visual
-tower and what follows them (ln_post, proj), text tower frozen (its class embeddings computed
-once); "head" only what follows the blocks; "all" both towers and the logit scale.
-
-WiSE-FT (Wortsman et al. 2022): after training, the visual weights are interpolated,
-(1 - r) * zero-shot + r * fine-tuned, for each r in `wise_ratios` (0, 0.25, 0.5, 0.75, 1; a
-number or "0/0.5/1" fixes the grid) and the r with the best inner-validation score is kept (ties go
-to the r nearest 0.5, the paper's robust default). r = 0 gives back the zero-shot weights
-bit-for-bit; whenever the kept visual weights are the zero-shot ones (r = 0, or no step beat the
-untrained weights) the encoder carries clip-zs's own fingerprint (without face_crop), so its cached
-embeddings are shared. Other options: lr (1e-5), head_lr (1e-3, the classifier), steps (300), face_crop, seed,
-device, num_workers, identities_per_batch x images_per_identity (8 x 4), augment, evaluate_every.
+The model is loaded as clip-zs loads it (toolkit.models.backbones), trained by TrainedImageStrategy
+with a FLYP (image-text) and/or SupCon + classifier objective, and its visual weights are then
+interpolated with the zero-shot ones (WiSE-FT) at the ratio the inner validation prefers.
 """
 from __future__ import annotations
 
@@ -48,7 +25,7 @@ from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_weights_
 from toolkit.models.transforms import preceded_by
 from toolkit.models.weights import first_line
 from toolkit.training.freezing import Trainee, set_trainable, state_digest, tail_parameter_names
-from toolkit.training.losses import supervised_contrastive_loss
+from toolkit.training.losses import make_loss
 from toolkit.training.loop import TrainingResult
 
 OBJECTIVES = ("flyp", "supcon", "both")
@@ -103,6 +80,24 @@ class ClipFineTunedEncoder(ClipImageEncoder):
 
 @register
 class ClipFineTune(TrainedImageStrategy):
+    """Objectives:
+        flyp     (default) fine-tune as CLIP was pre-trained: each identity's text is `prompt`
+                 ("a photo of {}", underscores as spaces); the CLIP loss between the batch's images
+                 and its identities' texts (image -> text, and text -> image with every image of the
+                 identity a positive), at CLIP's logit scale
+        supcon   SupCon (`temperature` 0.1) on the image embeddings, plus cross-entropy of a cosine
+                 classifier over the fit identities initialised with their text embeddings
+        both     the sum
+    unfreeze: "last" (default) the last `unfreeze_blocks` (2) residual blocks of the visual tower
+    and what follows them, text tower frozen; "head" only what follows the blocks; "all" both towers
+    and the logit scale.
+    WiSE-FT (Wortsman et al. 2022): the visual weights (1 - r) * zero-shot + r * fine-tuned for each
+    r in `wise_ratios` (0, 0.25, 0.5, 0.75, 1; a number or "0/0.5/1" fixes the grid), the best r on
+    inner validation kept (ties: nearest 0.5). When the kept weights are the zero-shot ones the
+    encoder carries clip-zs's fingerprint (without face_crop), so the cached embeddings are shared.
+    Other options: lr (1e-5), head_lr (1e-3, the classifier), steps (300), and TrainedImageStrategy's.
+    """
+
     name = "clip-ft"
     summary = "open_clip fine-tuned on the training identities (FLYP / SupCon), WiSE-FT mixed"
     images_per_second_cpu = 6.0
@@ -159,6 +154,7 @@ class ClipFineTune(TrainedImageStrategy):
             class_text = F.normalize(model.encode_text(tokens).float(), dim=1)
         objective = settings["objective"]
         classifier = nn.Parameter(class_text.clone()) if objective in ("supcon", "both") else None
+        supcon = make_loss("supcon", temperature=settings["temperature"])
         trainee = ClipTrainee(model, classifier).to(device)
         groups = [{"params": [parameter for parameter in model.parameters() if parameter.requires_grad],
                    "lr": settings["lr"]},
@@ -182,7 +178,7 @@ class ClipFineTune(TrainedImageStrategy):
                     text_to_image = (-(log_probability * positives).sum(1) / positives.sum(1)).mean()
                     total = total + (image_to_text + text_to_image) / 2
                 if classifier is not None:
-                    total = total + supervised_contrastive_loss(image, labels, settings["temperature"])
+                    total = total + supcon(image, labels)
                     total = total + F.cross_entropy(scale * image @ F.normalize(classifier, dim=1).T, labels)
             return total
 

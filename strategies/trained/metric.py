@@ -29,7 +29,7 @@ from strategies.zero_shot.face_zs import FaceZeroShot
 from toolkit.models.backbones import Backbone, backbone_status, create_backbone, parse_backbone
 from toolkit.models.transforms import preceded_by
 from toolkit.training.freezing import Trainee, set_trainable, state_digest, tail_parameter_names
-from toolkit.training.losses import ArcFaceHead, batch_hard_triplet_loss, contrastive_pair_loss
+from toolkit.training.losses import LOSS_DEFAULTS, make_loss
 from toolkit.training.loop import TrainingResult
 
 
@@ -46,7 +46,7 @@ class EmbeddingModel(nn.Module):
 
 
 class MetricLearningTrainee(Trainee):
-    def __init__(self, embedder: EmbeddingModel, criterion: nn.Module | None = None):
+    def __init__(self, embedder: EmbeddingModel, criterion: nn.Module):
         super().__init__()
         self.embedder = embedder
         self.criterion = criterion
@@ -57,7 +57,7 @@ class FineTunedEncoder(TorchEncoder):
 
 
 class MetricLearningStrategy(TrainedImageStrategy):
-    """A backbone + projection head trained with `objective()`; the encoder is backbone + head.
+    """A backbone + projection head trained with the loss `loss_name` names; the encoder is backbone + head.
 
     Options, besides TrainedImageStrategy's (steps, lr, head_lr, unfreeze, face_crop, ...):
         backbone        "cnn:NAME" (default cnn:efficientnet_lite0; a bare NAME means cnn:NAME) or
@@ -69,13 +69,13 @@ class MetricLearningStrategy(TrainedImageStrategy):
     """
 
     images_per_second_cpu = 20.0
-    loss_defaults: ClassVar[dict[str, Any]] = {}
+    loss_name: ClassVar[str]            # a toolkit.training.losses name; its options are the strategy's
     final_evaluations = 0
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
         cls.own_defaults = {"backbone": "cnn:efficientnet_lite0", "pretrained": True, "pooling": "avg",
-                            "embedding_dim": 256, "image_size": 224, **cls.loss_defaults}
+                            "embedding_dim": 256, "image_size": 224, **LOSS_DEFAULTS[cls.loss_name]}
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -101,12 +101,10 @@ class MetricLearningStrategy(TrainedImageStrategy):
             seconds_per_image += 1.0 / FaceZeroShot.images_per_second_cpu  # detection runs on the CPU
         return n_images * seconds_per_image
 
-    def criterion(self, embedding_dim: int, class_count: int) -> nn.Module | None:
-        """A loss module with weights (ArcFace), or None."""
-        return None
-
-    def objective(self, trainee: MetricLearningTrainee, embeddings: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
+    def criterion(self, embedding_dim: int, class_count: int) -> nn.Module:
+        """The loss, with the strategy's options for it (ArcFace's class centres train too)."""
+        options = {key: self.settings[key] for key in LOSS_DEFAULTS[self.loss_name]}
+        return make_loss(self.loss_name, embedding_dim=embedding_dim, num_classes=class_count, **options)
 
     def build(self, classes: list[str], device: torch.device) -> TrainingSetup:
         settings = self.settings
@@ -126,7 +124,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
             example = torch.zeros(2, 3, backbone.image_size, backbone.image_size, device=device)
             set_trainable(backbone.module, tail_parameter_names(backbone.module, settings["unfreeze_blocks"], example))
         backbone_parameters = [parameter for parameter in backbone.module.parameters() if parameter.requires_grad]
-        head_parameters = list(embedder.head.parameters()) + (list(criterion.parameters()) if criterion else [])
+        head_parameters = list(embedder.head.parameters()) + list(criterion.parameters())
         groups = [{"params": backbone_parameters, "lr": settings["lr"]},
                   {"params": head_parameters, "lr": settings["head_lr"]}]
         if not backbone_parameters and not list(embedder.head.parameters()):
@@ -136,7 +134,7 @@ class MetricLearningStrategy(TrainedImageStrategy):
         def loss(images: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
             embeddings = embedder(images)
             with torch.autocast(device_type=device.type, enabled=False):  # losses in float32
-                return self.objective(trainee, F.normalize(embeddings.float(), dim=1), labels)
+                return criterion(F.normalize(embeddings.float(), dim=1), labels)
 
         return TrainingSetup(trainee=trainee, embed=embedder, loss=loss, parameter_groups=groups,
                              eval_transform=backbone.transform, image_size=backbone.image_size,
@@ -158,31 +156,18 @@ class MetricLearningStrategy(TrainedImageStrategy):
 class Siamese(MetricLearningStrategy):
     name = "siamese"
     summary = "backbone fine-tuned with a contrastive loss on the pairs of P x K batches"
-    loss_defaults = {"margin": 0.5}
-
-    def objective(self, trainee, embeddings, labels):
-        return contrastive_pair_loss(embeddings, labels, margin=float(self.settings["margin"]))
+    loss_name = "contrastive"
 
 
 @register
 class ArcFace(MetricLearningStrategy):
     name = "arcface"
     summary = "backbone fine-tuned with an ArcFace head over the training identities"
-    loss_defaults = {"margin": 0.5, "scale": 30.0}
-
-    def criterion(self, embedding_dim: int, class_count: int) -> nn.Module:
-        return ArcFaceHead(embedding_dim, class_count, scale=float(self.settings["scale"]),
-                           margin=float(self.settings["margin"]))
-
-    def objective(self, trainee, embeddings, labels):
-        return trainee.criterion(embeddings, labels)
+    loss_name = "arcface"
 
 
 @register
 class Triplet(MetricLearningStrategy):
     name = "triplet"
     summary = "backbone fine-tuned with a batch-hard triplet loss"
-    loss_defaults = {"margin": 0.2}
-
-    def objective(self, trainee, embeddings, labels):
-        return batch_hard_triplet_loss(embeddings, labels, margin=float(self.settings["margin"]))
+    loss_name = "triplet"

@@ -39,26 +39,27 @@ def seed_everything(seed: int) -> None:
 
 
 class IdentityBatchSampler:
-    """P x K batches of row indices: `identities_per_batch` distinct identities (P), each with
-    `images_per_identity` of its rows (K), identity after identity.
+    """P x K batches of row indices, drawn by pytorch-metric-learning's MPerClassSampler: in each
+    batch `identities_per_batch` distinct identities (P, drawn afresh for every batch; capped at the
+    number of identities), `images_per_identity` rows of each (K; without replacement when the
+    identity has that many, with replacement otherwise).
 
-    An INFINITE iterator (wrap it in itertools.islice, or let train_until's max_steps stop it).
-    Identities are visited in shuffled rounds so that each is seen equally often; an identity with
-    fewer than K rows gets them sampled with replacement (every row at least once when it has any
-    to spare); P is capped at the number of identities. Seeded: one seed, one sequence of batches.
+    An INFINITE iterator of lists (wrap it in itertools.islice, or let train_until's max_steps stop
+    it), usable as a DataLoader batch_sampler. Seeded: one seed, one sequence of batches. The
+    wrapper exists because the library's sampler yields a flat, finite index list and draws from
+    its module-level NumPy generator: here each draw uses this sampler's own RandomState instead.
     """
+
+    DRAW_BATCHES = 64       # batches the library draws at a time
 
     def __init__(self, labels: Sequence, identities_per_batch: int = 32, images_per_identity: int = 4,
                  seed: int = 0):
         if identities_per_batch < 1 or images_per_identity < 1:
             raise ValueError("identities_per_batch and images_per_identity must be at least 1")
-        self.rows_by_identity: dict[Any, list[int]] = {}
-        for row, label in enumerate(_as_list(labels)):
-            self.rows_by_identity.setdefault(label, []).append(row)
-        if not self.rows_by_identity:
+        self.labels = _as_list(labels)
+        if not self.labels:
             raise ValueError("IdentityBatchSampler needs at least one labelled row")
-        self.identities = sorted(self.rows_by_identity, key=str)
-        self.identities_per_batch = min(identities_per_batch, len(self.identities))
+        self.identities_per_batch = min(identities_per_batch, len(set(self.labels)))
         self.images_per_identity = images_per_identity
         self.seed = seed
 
@@ -67,26 +68,21 @@ class IdentityBatchSampler:
         return self.identities_per_batch * self.images_per_identity
 
     def __iter__(self) -> Iterator[list[int]]:
-        rng = random.Random(self.seed)
-        queue: list = []
+        from pytorch_metric_learning.samplers import MPerClassSampler
+        from pytorch_metric_learning.utils import common_functions
+
+        generator = np.random.RandomState(self.seed % (2 ** 32))
+        size = self.batch_size
+        sampler = MPerClassSampler(self.labels, m=self.images_per_identity, batch_size=size,
+                                   length_before_new_iter=size * self.DRAW_BATCHES)
         while True:
-            batch_identities: list = []
-            while len(batch_identities) < self.identities_per_batch:
-                if not queue:
-                    queue = self.identities[:]
-                    rng.shuffle(queue)
-                identity = queue.pop()
-                if identity not in batch_identities:
-                    batch_identities.append(identity)
-            batch: list[int] = []
-            for identity in batch_identities:
-                rows = self.rows_by_identity[identity]
-                if len(rows) >= self.images_per_identity:
-                    batch.extend(rng.sample(rows, self.images_per_identity))
-                else:
-                    extra = [rng.choice(rows) for _ in range(self.images_per_identity - len(rows))]
-                    batch.extend(rows + extra)
-            yield batch
+            library_generator, common_functions.NUMPY_RANDOM = common_functions.NUMPY_RANDOM, generator
+            try:
+                rows = [int(row) for row in sampler]
+            finally:
+                common_functions.NUMPY_RANDOM = library_generator
+            for start in range(0, len(rows), size):
+                yield rows[start:start + size]
 
 
 def _as_list(labels: Sequence) -> list:
