@@ -71,7 +71,18 @@ class TrainingData:
 
 class TrainedImageStrategy(Strategy):
     """The base of trained strategies: inner split, data, AdamW + warm-up/cosine, train_until,
-    the estimate probe. Subclasses give `own_defaults`, build() and finish()."""
+    the estimate probe. Subclasses give `own_defaults`, build() and finish().
+
+    Options (TRAINING_DEFAULTS): steps (300; fewer when the deadline comes first), lr and head_lr
+    (AdamW, backbone 1e-4 and heads 1e-3), weight_decay (1e-4), unfreeze ("last": the last
+    `unfreeze_blocks` (1) blocks of the backbone and all after them, plus the heads; "all"; "head"),
+    identities_per_batch x images_per_identity (P x K, 8 x 4), augment (random resized crop, flip,
+    colour jitter, random grayscale), face_crop (dlib detection + 5-point alignment in front of the
+    model, at training and embedding time; the whole image when no face is found), freeze_batchnorm
+    (True: BatchNorm layers keep their running statistics while their affine weights train),
+    evaluate_every (50), evaluate_at_start (True: the untrained weights compete too), seed, device,
+    num_workers (training data loader; 0 on CPU, the race's on CUDA).
+    """
 
     trains = True
     own_defaults: ClassVar[dict[str, Any]] = {}
