@@ -54,7 +54,7 @@ class Evaluation:
             return ""
         low, high = self.preference.interval
         return (f"chose {describe_choice(self.flip, self.recipe)} over {self.best_label}: tied on validation "
-                f"(difference {low:+.1f} to {high:+.1f})")
+                f"(difference {low:+.1f} to {high:+.1f}), simpler or higher mAP@10")
 
 
 def describe_choice(flip: bool, chosen: Recipe) -> str:
@@ -83,7 +83,8 @@ def evaluate(encoders: Sequence[Encoder], zero_shot: bool, yardstick: Yardstick,
         candidates += [(flip, candidate, score) for candidate, score in score_recipes(choice_folds, recipes)]
     preference = simplest_tied([score.score for _, _, score in candidates],
                                [score.per_query for _, _, score in candidates],
-                               [int(flip) + recipe_complexity(candidate) for flip, candidate, _ in candidates])
+                               [int(flip) + recipe_complexity(candidate) for flip, candidate, _ in candidates],
+                               [score.map_at_10 for _, _, score in candidates])
     flip, chosen, _ = candidates[preference.chosen]
     best_flip, best_recipe, _ = candidates[preference.best]
     plain_flip = False if False in fold_embeddings else flips[0]

@@ -272,7 +272,8 @@ class _Race:
         scored = score_recipes([as_fold(readable_validation(embeddings, fold))
                                 for embeddings, fold in zip(ensemble.validation, folds)], recipes)
         preference = simplest_tied([score.score for _, score in scored], [score.per_query for _, score in scored],
-                                   [recipe_complexity(candidate) for candidate, _ in scored])
+                                   [recipe_complexity(candidate) for candidate, _ in scored],
+                                   [score.map_at_10 for _, score in scored])
         run.post_processing, run.validation = scored[preference.chosen]
         run.baseline = dict(scored)[PLAIN]
         flips = {member.flip_tta for member in kept}

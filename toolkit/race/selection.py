@@ -2,10 +2,10 @@
 report all follow.
 
 A candidate is a finished run with a validation score and a submission file. At the end of a
-race, `choose_best` picks among them: the best validation score, unless a simpler run is tied
-with it within the bootstrap interval of their paired difference (a zero-shot strategy before a
-trained one, a single strategy before an ensemble); the race marks that run `chosen` and the
-leaderboard keeps the mark. `best_run` returns the marked run, or else the highest score (the
+race, `choose_best` picks among them: the best validation score, unless other runs are tied with
+it within the bootstrap interval of their paired difference; then the simplest of the tied (a
+zero-shot strategy before a trained one, a single strategy before an ensemble), the higher
+mAP@10 among equally simple ones. The race marks that run `chosen` and the leaderboard keeps it. `best_run` returns the marked run, or else the highest score (the
 first of equals, runs being given in the order the race ran them).
 
 Runs are read as plain records with `status`, `validation_score`, `submission_path` and `chosen`:
@@ -55,10 +55,12 @@ def choose_best(runs: Sequence[Any]) -> tuple[Any | None, str]:
         return None, ""
     preference = simplest_tied([run.validation.score for run in candidates],
                                [run.validation.per_query for run in candidates],
-                               [complexity(run) for run in candidates])
+                               [complexity(run) for run in candidates],
+                               [run.validation.map_at_10 for run in candidates])
     chosen, best = candidates[preference.chosen], candidates[preference.best]
     if not preference.simpler_chosen:
         return chosen, ""
     low, high = preference.interval
-    return chosen, (f"chosen over {best.label} ({best.validation.score:.1f}): the simpler run, tied on validation "
-                    f"(difference {low:+.1f} to {high:+.1f})")
+    reason = "simpler" if complexity(chosen) < complexity(best) else "higher mAP@10"
+    return chosen, (f"chosen over {best.label} ({best.validation.score:.1f}): tied on validation "
+                    f"(difference {low:+.1f} to {high:+.1f}), {reason}")

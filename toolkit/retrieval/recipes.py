@@ -156,14 +156,25 @@ def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
 
 
 def candidate_recipes() -> list[Recipe]:
-    """The small grid the race searches on validation."""
+    """The grid the race searches on validation: query expansion and database augmentation,
+    k-reciprocal, the one-person-per-gallery-image scorers (dual-softmax, Sinkhorn), per-side
+    centring in front of them, and their chains."""
+    k_reciprocal = [step("k-reciprocal", k1=k1, k2=k2, lambda_value=0.3) for k1, k2 in itertools.product((10, 20), (3, 6))]
     grid = [PLAIN]
     grid += [recipe(step("alpha-qe", n=n, alpha=alpha)) for n, alpha in itertools.product((1, 2, 3), (1.0, 3.0))]
     grid += [recipe(step("dba", n=n, alpha=alpha)) for n, alpha in itertools.product((1, 2), (1.0, 3.0))]
     grid += [recipe(step("dba", n=n, alpha=3.0), step("alpha-qe", n=n, alpha=3.0)) for n in (1, 2)]
-    grid += [recipe(step("k-reciprocal", k1=k1, k2=k2, lambda_value=lam))
-             for k1, k2, lam in itertools.product((10, 20), (3, 6), (0.3,))]
+    grid += [recipe(kind) for kind in k_reciprocal]
     grid += [recipe(step("dual-softmax", temperature=t)) for t in (0.02, 0.05, 0.1)]
+    grid += [recipe(step("sinkhorn", temperature=t)) for t in (0.02, 0.05, 0.1)]
+    grid += [recipe(step("alpha-qe", n=1, alpha=3.0), step("sinkhorn", temperature=0.05))]
+    grid += [recipe(k_reciprocal[0], step("sinkhorn", temperature=t)) for t in (0.05, 0.1)]
+    centre = step("centre")
+    grid += [recipe(centre), recipe(centre, step("alpha-qe", n=1, alpha=3.0))]
+    grid += [recipe(centre, kind) for kind in k_reciprocal]
+    grid += [recipe(centre, step("sinkhorn", temperature=t)) for t in (0.05, 0.1)]
+    grid += [recipe(centre, step("dual-softmax", temperature=0.05)),
+             recipe(centre, k_reciprocal[0], step("sinkhorn", temperature=0.1))]
     return grid
 
 
@@ -214,5 +225,6 @@ def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels:
     """Score every recipe on one validation fold; keep the best unless a simpler one ties with it."""
     scored = score_recipes([(query, gallery, query_labels, gallery_labels)], recipes, k)
     preference = simplest_tied([score.score for _, score in scored], [score.per_query for _, score in scored],
-                               [recipe_complexity(candidate) for candidate, _ in scored])
+                               [recipe_complexity(candidate) for candidate, _ in scored],
+                               [score.map_at_10 for _, score in scored])
     return PostProcessingChoice(best=scored[preference.chosen][0], scores=scored, preference=preference)

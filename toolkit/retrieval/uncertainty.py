@@ -54,20 +54,23 @@ class Preference:
 
 
 def simplest_tied(scores: Sequence[float], per_query: Sequence[np.ndarray], complexity: Sequence[int],
-                  level: float = LEVEL) -> Preference:
-    """The candidate to choose: the best score, unless a simpler candidate (lower complexity) is
-    tied with it, i.e. the paired interval of best minus it holds 0; then the best-scoring of the
-    simplest tied level. Equal scores: the first given."""
-    best = max(range(len(scores)), key=lambda index: (scores[index], -index))
-    for level_complexity in sorted(set(complexity)):
-        if level_complexity >= complexity[best]:
-            break
-        members = [index for index in range(len(scores)) if complexity[index] == level_complexity]
-        candidate = max(members, key=lambda index: (scores[index], -index))
-        try:
-            low, high = difference_interval(per_query[best], per_query[candidate], level)
-        except ValueError:       # not the same queries: not comparable, so not tied
-            continue
-        if low <= 0:
-            return Preference(chosen=candidate, best=best, interval=(low, high))
-    return Preference(chosen=best, best=best)
+                  finer: Sequence[float] | None = None, level: float = LEVEL) -> Preference:
+    """The candidate to choose. The best score, unless others are tied with it (the paired interval
+    of best minus them holds 0): then, among the tied candidates of the simplest complexity that
+    has any, the one with the highest `finer` score (mAP@10, which uses every hit of a ranking
+    and so separates candidates the coarse score cannot), then the highest score. Equal: the first."""
+    indices = range(len(scores))
+    finer = list(finer) if finer is not None else list(scores)
+    best = max(indices, key=lambda index: (scores[index], -index))
+    intervals: dict[int, tuple[float, float]] = {}
+    for index in indices:
+        if index != best:
+            try:
+                intervals[index] = difference_interval(per_query[best], per_query[index], level)
+            except ValueError:       # not the same queries: not comparable, so not tied
+                continue
+    tied = [index for index in indices if index == best or (index in intervals and intervals[index][0] <= 0)]
+    simplest = min(complexity[index] for index in tied)
+    chosen = max((index for index in tied if complexity[index] == simplest),
+                 key=lambda index: (finer[index], scores[index], -index))
+    return Preference(chosen=chosen, best=best, interval=intervals.get(chosen))
