@@ -22,7 +22,8 @@ from strategies.base import Fitted, RaceContext, Strategy, WeightsStatus, Weight
 from strategies.zero_shot.cnn_zs import as_bool
 from toolkit.data.split import ValidationSplit, make_validation_split
 from toolkit.machine.console import warn
-from toolkit.models.faces import FaceCrop
+from toolkit.models.faces import DEFAULT_CHAIN, FaceCrop, chain_models
+from toolkit.models.faces import detector_chain as face_detector_chain
 from toolkit.models.faces import weights_status as face_crop_status
 from toolkit.models.transforms import normalisation_of, training_transform
 from toolkit.training.freezing import Trainee
@@ -149,12 +150,18 @@ class TrainedImageStrategy(Strategy):
             return None
 
     def make_face_crop(self, image_size: int) -> FaceCrop | None:
+        """The face crop, or None without face_crop. face_crop takes a detector chain of
+        toolkit.models.faces.DETECTOR_CHAINS too ("hog", the crop of face_crop=True, or "hog+cnn")."""
         if not self.settings["face_crop"]:
             return None
-        status = face_crop_status()
+        chosen = self.options.get("face_crop")
+        plain = not isinstance(chosen, str) or chosen.strip().lower() in ("true", "yes", "on", "1")
+        chain = face_detector_chain(DEFAULT_CHAIN if plain else chosen,
+                                    f"{self.name}: face_crop (True, False or a detector chain)")
+        status = face_crop_status(("predictor", *chain_models(chain)))
         if not status.available_offline:
             raise WeightsUnavailable(f"{self.name}: face_crop needs dlib and its models: {status.detail}")
-        return FaceCrop(size=round(image_size / CROP_PCT))
+        return FaceCrop(size=round(image_size / CROP_PCT), detectors=chain)
 
     def optimizer(self, setup: TrainingSetup) -> torch.optim.Optimizer:
         groups = [group for group in setup.parameter_groups if group["params"]]

@@ -1,8 +1,9 @@
 """face-zs: dlib's face pipeline as a zero-shot encoder (no training).
 
-Detect the largest face (HOG, `upsample` times up-sampled), align it on 5 landmarks into a 150 px
-chip, describe it with the 128-D ResNet descriptor (toolkit.models.faces). When no face is found
-(stylised renderings defeat the detector far more often than photos), a centred square box
+Detect the largest face (HOG, `upsample` times up-sampled; with detector="hog+cnn" dlib's CNN
+face detector then tries the images HOG missed), align it on 5 landmarks into a 150 px chip,
+describe it with the 128-D ResNet descriptor (toolkit.models.faces). When no face is found
+(stylised renderings defeat the detectors far more often than photos), a centred square box
 (`fallback` of the shorter side, shifted down by `fallback_dy`) stands in for the detection.
 Install with `pip install -e ".[face]"`; nothing is downloaded.
 """
@@ -21,10 +22,16 @@ from toolkit.models import faces
 CHIP_SIZE = 150          # what the ResNet descriptor was trained on; it must stay 150
 DESCRIPTOR_DIM = 128
 MODELS = ("predictor", "recogniser")   # the model files this strategy reads (toolkit.models.faces)
+CENTRE_BOX = "centre box"                # the stage that counts the images no detector found a face in
+# Nominal cost of the CNN detector per image HOG missed (one CPU process, 250 px images), and
+# the share of images HOG misses on a stylised benchmark, for the cost estimate before a probe.
+CNN_SECONDS_PER_MISS = 0.3
+NOMINAL_HOG_MISSES = 0.1
 
 
 class FaceEncoder(Encoder):
-    """PIL image -> (aligned 150x150 chip, face_found) -> 128-D unit descriptor."""
+    """PIL image -> (aligned 150x150 chip, the detector that found the face or None) -> 128-D unit
+    descriptor. `stages` counts the newly embedded images by detector (and CENTRE_BOX)."""
 
     batch_size = 32
 
@@ -32,7 +39,7 @@ class FaceEncoder(Encoder):
 
     def __init__(self, predictor_path: str, recogniser_path: str, fingerprint: str,
                  upsample: int = 0, fallback: float = 0.45, fallback_dy: float = 0.0,
-                 num_jitters: int = 0, batch_size: int = 32):
+                 num_jitters: int = 0, batch_size: int = 32, detectors: Sequence[str] = ("hog",)):
         self.predictor_path = str(predictor_path)
         self.recogniser_path = str(recogniser_path)
         self.fingerprint = fingerprint
@@ -41,8 +48,8 @@ class FaceEncoder(Encoder):
         self.fallback_dy = float(fallback_dy)
         self.num_jitters = int(num_jitters)
         self.batch_size = int(batch_size)
-        self.faces_found = 0
-        self.faces_missed = 0
+        self.detectors = tuple(detectors)
+        self.stages = {stage: 0 for stage in (*self.detectors, CENTRE_BOX)}
         self._recogniser = None
 
     def __getstate__(self):
@@ -52,38 +59,52 @@ class FaceEncoder(Encoder):
         return state
 
     # -- worker side ---------------------------------------------------------------------------
-    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, bool]:
+    def preprocess(self, image: Image.Image) -> tuple[np.ndarray, str | None]:
+        """(the chip, the name of the detector that found the face; None: the centre box)."""
         rgb = faces.rgb_array(image)
-        box = faces.largest_face(rgb, self.upsample)
-        found = box is not None
-        if not found:
+        box, found_by = faces.first_face(rgb, self.detectors, self.upsample)
+        if box is None:
             box = faces.centre_box(rgb.shape[0], rgb.shape[1], self.fallback, self.fallback_dy)
-        return faces.aligned_chip(rgb, box, CHIP_SIZE, self.predictor_path), found
+        return faces.aligned_chip(rgb, box, CHIP_SIZE, self.predictor_path), found_by
 
-    def collate(self, items: Sequence[tuple[np.ndarray, bool]]) -> tuple[list[np.ndarray], list[bool]]:
-        return [chip for chip, _ in items], [bool(found) for _, found in items]
+    def collate(self, items: Sequence[tuple[np.ndarray, str | None]]
+                ) -> tuple[list[np.ndarray], list[str | None]]:
+        return [chip for chip, _ in items], [found_by for _, found_by in items]
 
     # -- main process --------------------------------------------------------------------------
-    def encode(self, batch: tuple[list[np.ndarray], list[bool] | None]) -> np.ndarray:
-        chips, flags = batch
-        if flags is not None:  # a flipped batch carries None: its images were counted already
-            found = sum(bool(flag) for flag in flags)
-            self.faces_found += found
-            self.faces_missed += len(flags) - found
+    def encode(self, batch: tuple[list[np.ndarray], list[str | None] | None]) -> np.ndarray:
+        chips, found_by = batch
+        if found_by is not None:  # a flipped batch carries None: its images were counted already
+            for stage in found_by:
+                stage = stage or CENTRE_BOX
+                self.stages[stage] = self.stages.get(stage, 0) + 1
         if not len(chips):
             return np.zeros((0, DESCRIPTOR_DIM), dtype=np.float32)
         if self._recogniser is None:
             self._recogniser = faces.dlib_object("recogniser", self.recogniser_path)
         return l2_normalise(faces.describe(self._recogniser, chips, self.num_jitters))
 
-    def flip(self, batch: tuple[list[np.ndarray], list[bool] | None]) -> tuple[list[np.ndarray], None]:
-        """The chips mirrored left-right; flags dropped so faces are not counted twice."""
+    def flip(self, batch: tuple[list[np.ndarray], list[str | None] | None]) -> tuple[list[np.ndarray], None]:
+        """The chips mirrored left-right; detections dropped so faces are not counted twice."""
         chips, _ = batch
         return [np.ascontiguousarray(chip[:, ::-1]) for chip in chips], None
 
+    @property
+    def faces_found(self) -> int:
+        return sum(count for stage, count in self.stages.items() if stage != CENTRE_BOX)
+
+    @property
+    def faces_missed(self) -> int:
+        return self.stages.get(CENTRE_BOX, 0)
+
     def report(self) -> str:
-        total = self.faces_found + self.faces_missed
-        return f"no face found in {self.faces_missed} of {total} newly embedded images" if total else ""
+        """E.g. "faces: 1900 HOG, 80 CNN, 17 centre box of 1997 newly embedded images"."""
+        total = sum(self.stages.values())
+        if not total:
+            return ""
+        counts = ", ".join(f"{count} {stage.upper() if stage in faces.DETECTORS else stage}"
+                           for stage, count in self.stages.items())
+        return f"faces: {counts} of {total} newly embedded images"
 
     @property
     def missed_fraction(self) -> float:
@@ -93,16 +114,17 @@ class FaceEncoder(Encoder):
 
 @register
 class FaceZeroShot(Strategy):
-    """Options: upsample (HOG detector up-sampling, 0), fallback (centre-box side as a fraction of
-    the shorter side, 0.45), fallback_dy (its downward shift, 0.0), num_jitters (0),
-    batch_size (32)."""
+    """Options: detector ("hog"; "hog+cnn": dlib's CNN face detector on the images HOG missed, at
+    most 640 px on the longest side, never up-sampled), upsample (HOG detector up-sampling, 0),
+    fallback (centre-box side as a fraction of the shorter side, 0.45), fallback_dy (its downward
+    shift, 0.0), num_jitters (0), batch_size (32)."""
 
     name = "face-zs"
-    summary = "dlib HOG face detector + 5-point alignment + 128-D ResNet descriptor (zero-shot)"
+    summary = "dlib HOG (then CNN) face detector + 5-point alignment + 128-D ResNet descriptor (zero-shot)"
     images_per_second_cpu = 14.0   # measured: 14 img/s in one process, 17.5 in the race with a decoding worker
 
-    DEFAULTS = {"upsample": 0, "fallback": 0.45, "fallback_dy": 0.0, "num_jitters": 0,
-                "batch_size": 32}
+    DEFAULTS = {"detector": faces.DEFAULT_CHAIN, "upsample": 0, "fallback": 0.45, "fallback_dy": 0.0,
+                "num_jitters": 0, "batch_size": 32}
 
     def __init__(self, **options: Any):
         unknown = sorted(set(options) - set(self.DEFAULTS))
@@ -111,13 +133,25 @@ class FaceZeroShot(Strategy):
                              f"known: {', '.join(sorted(self.DEFAULTS))}")
         super().__init__(**options)
         self.settings = {**self.DEFAULTS, **options}
+        self.detectors = faces.detector_chain(self.settings["detector"], "face-zs detector")
         if int(self.settings["upsample"]) < 0 or int(self.settings["num_jitters"]) < 0:
             raise ValueError("face-zs upsample and num_jitters must be >= 0")
         if not 0.05 <= float(self.settings["fallback"]) <= 1.0:
             raise ValueError("face-zs fallback is a fraction of the image side in [0.05, 1]")
 
+    @property
+    def models(self) -> tuple[str, ...]:
+        return MODELS + faces.chain_models(self.detectors)
+
     def weights_status(self) -> WeightsStatus:
-        return faces.weights_status(MODELS)
+        return faces.weights_status(self.models)
+
+    def estimate_seconds(self, n_images: int, context=None) -> float:
+        """The nominal speed, plus the CNN detector on the share of images HOG nominally misses."""
+        seconds = super().estimate_seconds(n_images, context)
+        if "cnn" in self.detectors:
+            seconds += n_images * NOMINAL_HOG_MISSES * CNN_SECONDS_PER_MISS
+        return seconds
 
     def fit(self, training: Sequence = (), context=None, deadline: float | None = None) -> Fitted:
         return Fitted(self.encoder())
@@ -126,12 +160,16 @@ class FaceZeroShot(Strategy):
         status = self.weights_status()
         if not status.available_offline:
             raise WeightsUnavailable(f"face-zs needs dlib and its models: {status.detail}")
-        paths = faces.model_paths(MODELS)
+        paths = faces.model_paths(self.models)
         settings = self.settings
+        detection: dict[str, Any] = {"detector": "+".join(self.detectors)}
+        if self.detectors != ("hog",):  # HOG alone keeps the fingerprint it had before the cascade
+            detection["detector_sides"] = [faces.DETECTOR_SIDES[name] for name in self.detectors]
+            detection["cnn_upsample"] = faces.CNN_UPSAMPLE
         fingerprint = fingerprint_of(
             "face-zs/v1",
             {kind: [path.name, path.stat().st_size] for kind, path in sorted(paths.items())},
-            {"detector": "hog", "upsample": int(settings["upsample"]),
+            {**detection, "upsample": int(settings["upsample"]),
              "fallback": [float(settings["fallback"]), float(settings["fallback_dy"])],
              "num_jitters": int(settings["num_jitters"]),
              "chip": [CHIP_SIZE, faces.CHIP_PADDING]},
@@ -140,4 +178,4 @@ class FaceZeroShot(Strategy):
                            upsample=settings["upsample"], fallback=settings["fallback"],
                            fallback_dy=settings["fallback_dy"],
                            num_jitters=settings["num_jitters"],
-                           batch_size=settings["batch_size"])
+                           batch_size=settings["batch_size"], detectors=self.detectors)

@@ -2,7 +2,8 @@
 
 The model files come from the face_recognition_models package (nothing is downloaded); the dlib
 objects are created lazily, once per process (DataLoader workers included), and never pickled.
-Detectors are named in DETECTORS (today dlib's HOG detector); a second one is one more entry there.
+Detectors are named in DETECTORS (dlib's HOG detector and its CNN, MMOD, face detector); a
+cascade (DETECTOR_CHAINS) tries them in turn, each on the images the ones before it missed.
 `FaceCrop` is the picklable transform that puts detection + alignment in front of another model.
 """
 from __future__ import annotations
@@ -24,6 +25,7 @@ FACE_DETECTION_SIDE = 640       # FaceCrop's detector sees images shrunk to this
 MODEL_FILES: dict[str, str] = {
     "predictor": "pose_predictor_five_point_model_location",   # 5-point landmarks
     "recogniser": "face_recognition_model_location",           # the 128-D ResNet descriptor
+    "cnn": "cnn_face_detector_model_location",                 # the MMOD CNN face detector
 }
 
 
@@ -32,11 +34,56 @@ def _hog_detector(_path: str) -> Any:
     return dlib.get_frontal_face_detector()
 
 
+class _CnnDetector:
+    """dlib's CNN face detector, answering dlib.rectangles like the HOG one (not mmod_rectangles):
+    only its most confident detection, since its boxes of one scale are all of a size (the largest
+    would be any of them, a faint false face as likely as the real one)."""
+
+    def __init__(self, path: str):
+        import dlib
+        self._model = dlib.cnn_face_detection_model_v1(path)
+
+    def __call__(self, rgb: np.ndarray, upsample: int = 0):
+        import dlib
+        boxes = dlib.rectangles()
+        detections = list(self._model(rgb, int(upsample)))
+        if detections:
+            boxes.append(max(detections, key=lambda detection: detection.confidence).rect)
+        return boxes
+
+
 # Detector name -> (its factory, given the path of its model file, and the MODEL_FILES kind of
 # that file, None when it needs none). Each returns dlib.rectangles from detector(rgb, upsample).
 DETECTORS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "hog": (_hog_detector, None),
+    "cnn": (_CnnDetector, "cnn"),
 }
+# The longest side each detector sees at most (None: the image as it is). The CNN detector costs
+# about 20x HOG's time on a CPU, growing with the pixel count; faces of 80 px and more are found.
+DETECTOR_SIDES: dict[str, int | None] = {"hog": None, "cnn": FACE_DETECTION_SIDE}
+# Up-sampling the CNN detector always uses: 0 (1 costs ~5x and found no more faces on lfw-style).
+CNN_UPSAMPLE = 0
+
+# The detector options: name -> the detectors tried in turn (the centre box or the whole image
+# stands in when all miss). "hog" is the default of every strategy.
+DETECTOR_CHAINS: dict[str, tuple[str, ...]] = {
+    "hog": ("hog",),
+    "hog+cnn": ("hog", "cnn"),
+}
+DEFAULT_CHAIN = "hog"
+
+
+def detector_chain(name: Any, label: str = "detector") -> tuple[str, ...]:
+    """The detectors of the chain `name`; a ValueError naming the known chains when unknown."""
+    chain = DETECTOR_CHAINS.get(str(name).strip().lower()) if isinstance(name, str) else None
+    if chain is None:
+        raise ValueError(f"{label} must be one of {', '.join(DETECTOR_CHAINS)}, not {name!r}")
+    return chain
+
+
+def chain_models(chain: Sequence[str]) -> tuple[str, ...]:
+    """The MODEL_FILES kinds the detectors of `chain` read."""
+    return tuple(DETECTORS[name][1] for name in chain if DETECTORS[name][1])
 
 
 def _new_object(kind: str, path: str) -> Any:
@@ -100,8 +147,8 @@ def rgb_array(image: Image.Image) -> np.ndarray:
 
 
 def largest_face(rgb: np.ndarray, upsample: int = 0, detector: str = "hog", max_side: int | None = None):
-    """The largest face dlib finds (a dlib.rectangle in `rgb`'s pixels), or None. With `max_side`,
-    the detector sees a copy shrunk to that longest side (faster on large photos)."""
+    """The largest face dlib's `detector` finds (a dlib.rectangle in `rgb`'s pixels), or None. With
+    `max_side`, the detector sees a copy shrunk to that longest side (faster on large photos)."""
     import dlib
 
     height, width = rgb.shape[:2]
@@ -119,6 +166,20 @@ def largest_face(rgb: np.ndarray, upsample: int = 0, detector: str = "hog", max_
         box = dlib.rectangle(int(box.left() / scale), int(box.top() / scale),
                              int(box.right() / scale), int(box.bottom() / scale))
     return box
+
+
+def first_face(rgb: np.ndarray, chain: Sequence[str] = ("hog",), upsample: int = 0,
+               max_side: int | None = None) -> tuple[Any, str | None]:
+    """(the largest face of the first detector of `chain` that finds one, that detector's name),
+    or (None, None). HOG up-samples `upsample` times, the CNN detector CNN_UPSAMPLE times; each
+    sees at most the longest side of `max_side` and its DETECTOR_SIDES entry."""
+    for name in chain:
+        sides = [side for side in (max_side, DETECTOR_SIDES.get(name)) if side]
+        box = largest_face(rgb, CNN_UPSAMPLE if name == "cnn" else upsample, name,
+                           min(sides) if sides else None)
+        if box is not None:
+            return box, name
+    return None, None
 
 
 def centre_box(height: int, width: int, fraction: float, dy: float = 0.0) -> tuple[int, int, int, int]:
@@ -156,20 +217,33 @@ def describe(recogniser: Any, chips: Sequence[np.ndarray], num_jitters: int = 0)
 
 class FaceCrop:
     """PIL image -> the 5-point aligned face chip (`size` px square), or the image itself when no
-    face is found; the detector runs on a copy shrunk to FACE_DETECTION_SIDE. Picklable."""
+    face is found; the detectors (`detectors`, tried in turn: a DETECTOR_CHAINS value) run on a
+    copy shrunk to FACE_DETECTION_SIDE. Picklable."""
 
-    def __init__(self, size: int, upsample: int = 0):
+    def __init__(self, size: int, upsample: int = 0, detectors: Sequence[str] = ("hog",)):
         self.size = int(size)
         self.upsample = int(upsample)
         self.padding = CHIP_PADDING
-        predictor = model_paths(["predictor"])["predictor"]
+        self.detectors = tuple(detectors)
+        unknown = [name for name in self.detectors if name not in DETECTORS]
+        if unknown or not self.detectors:
+            raise ValueError(f"FaceCrop detectors are some of {', '.join(DETECTORS)}, not {list(detectors)}")
+        paths = model_paths(["predictor", *chain_models(self.detectors)])
+        predictor = paths.pop("predictor")
         self.predictor_path = str(predictor)
         self.predictor_identity = f"{predictor.name}:{predictor.stat().st_size}"
+        self.detector_identity = "+".join(
+            name + (f"({paths[DETECTORS[name][1]].name}:{paths[DETECTORS[name][1]].stat().st_size})"
+                    if DETECTORS[name][1] else "") for name in self.detectors)
+
+    def detect(self, rgb: np.ndarray) -> tuple[Any, str | None]:
+        """(the face box, the detector that found it), or (None, None)."""
+        return first_face(rgb, self.detectors, self.upsample, FACE_DETECTION_SIDE)
 
     def crop(self, image: Image.Image) -> tuple[Image.Image, bool]:
         """(chip or the image unchanged, whether a face was found)."""
         rgb = rgb_array(image)
-        box = largest_face(rgb, self.upsample, max_side=FACE_DETECTION_SIDE)
+        box, _ = self.detect(rgb)
         if box is None:
             return image, False
         return Image.fromarray(aligned_chip(rgb, box, self.size, self.predictor_path, self.padding)), True
@@ -178,5 +252,7 @@ class FaceCrop:
         return self.crop(image)[0]
 
     def __repr__(self) -> str:
-        return (f"FaceCrop(size={self.size}, padding={self.padding}, upsample={self.upsample}, "
+        # The HOG-only crop keeps the repr it had before detectors could be chained (fingerprints).
+        chain = "" if self.detectors == ("hog",) else f"detectors={self.detector_identity}, "
+        return (f"FaceCrop(size={self.size}, padding={self.padding}, upsample={self.upsample}, {chain}"
                 f"detect_side={FACE_DETECTION_SIDE}, predictor={self.predictor_identity}, else=whole image)")
