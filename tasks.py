@@ -42,7 +42,7 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
     from toolkit.data.dataset import LayoutError, describe, find_competition
     from toolkit.machine.console import console, warn
     from toolkit.race.runner import RaceInterrupted, run_race
-    from toolkit.views.race import race_table
+    from toolkit.views.race import race_summary, race_table
     from toolkit.views.race_console import RaceConsole
 
     try:
@@ -64,14 +64,9 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
     except ValueError as error:  # a strategy option it does not take, a split it cannot make
         raise _fail(str(error)) from None
     console.print(race_table(result))
-    if result.race_id is not None:
-        console.print(f"recorded as race {result.race_id} in {_leaderboard_file(leaderboard)} "
-                      "(invoke leaderboard; invoke submit --best)")
-    best = result.best
-    if best is None:
+    if result.best is None:
         raise _fail("no strategy finished; see the reasons above")
-    console.print(f"best by validation: [bold green]{escape(best.label)}[/bold green] "
-                  f"({best.validation.score:.1f}) -> {best.submission}, copied to {result.best_submission}")
+    console.print(race_summary(result, _leaderboard_file(leaderboard)), soft_wrap=True)
     return result
 
 
@@ -133,9 +128,7 @@ def score(c, submission, answers):
     except (SubmissionError, AnswersError) as error:
         raise _fail(str(error)) from None
     console.print(score_table(str(submission), result))
-    missing = missing_queries_line(len(truth["query"]) - len(entries))
-    if missing:
-        console.print(missing)
+    console.print(missing_queries_line(len(truth["query"]) - len(entries)) or "", end="")
 
 
 @task
@@ -155,21 +148,20 @@ def strategies(c):
 @task(help={"data": "where the generated demo competition is written", "strategies": "strategies to race"})
 def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     """Generate a small competition of drawn faces, race the offline strategies on it, score the best."""
+    from toolkit.data.synthetic import make_synthetic_competition
     from toolkit.machine.console import console
     from toolkit.retrieval.metrics import load_answers, score_submission
     from toolkit.submit.submission import load_submission
-    from toolkit.data.synthetic import make_synthetic_competition
+    from toolkit.views.score import test_score_lines
 
     root = Path(data)
     if not (root / "answers.json").is_file():
         console.print(f"generating a demo competition in {root}")
         make_synthetic_competition(root)
-    result = _race(str(root), strategies, RaceConfig(gallery_pattern="*_s.*", held_out_fraction=0.3))
+    result = _race(str(root), strategies, RaceConfig())
     truth = load_answers(root / "answers.json")
-    for run in result.runs:
-        if run.submission:
-            test_score = score_submission(load_submission(run.submission), truth)
-            console.print(f"{escape(run.label)}: test score {test_score.score:.1f} (validation {run.validation.score:.1f})")
+    scores = {run.label: score_submission(load_submission(run.submission), truth) for run in result.runs if run.submission}
+    console.print("\n".join(test_score_lines(result.runs, scores)))
 
 
 # --- getting ready: data, weights, the machine ----------------------------------------------------
@@ -211,7 +203,6 @@ def download(c, url, to=None, sha256=None):
                           "clip-zs[model=ViT-B-16,pretrained=laion2b_s34b_b88k],cnn-zs[backbone=resnet50]"})
 def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
     """Download the weights the named strategies need into the usual caches, so the race runs offline."""
-
     from strategies import create_strategy, parse_strategy_specs
     from toolkit.machine.console import console
     from toolkit.machine.prefetch import prefetch_weights
@@ -233,16 +224,17 @@ def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
             "strategies": "strategies to check (default: every strategy, plus common open_clip pairs)"})
 def doctor(c, data="data", strategies=None):
     """What this machine can do: Python/torch, GPU, CPU/RAM, weights on disk, free disk, data, server."""
-    from strategies import parse_strategy_specs
+    from strategies import create_strategy, parse_strategy_specs, strategy_names
     from toolkit.machine.console import console
-    from toolkit.machine.doctor import run_doctor
+    from toolkit.machine.doctor import COMMON_EXTRA_SPECS, run_doctor
     from toolkit.views.doctor import doctor_table
 
     try:
-        specs = parse_strategy_specs(strategies) if strategies else None
+        specs = parse_strategy_specs(strategies) if strategies else \
+            [(name, {}) for name in strategy_names()] + parse_strategy_specs(COMMON_EXTRA_SPECS)
     except ValueError as error:
         raise _fail(str(error)) from None
-    console.print(doctor_table(run_doctor(data, specs, project=PROJECT)))
+    console.print(doctor_table(run_doctor(data, specs, create_strategy, project=PROJECT)))
 
 
 @task(help={"k": "only tests matching this expression (pytest -k)"})
@@ -326,9 +318,8 @@ def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all
 def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=False, timeout=30.0, retries=3,
            leaderboard=None):
     """Send a submission to the competition server; the attempt and the server's score are recorded beside the run."""
-
     from toolkit.machine.console import console
-    from toolkit.submit.sending import NothingToSend, check_before_sending, submission_source
+    from toolkit.submit.sending import NothingToSend, check_before_sending, check_settings, submission_source
     from toolkit.submit.client import ServerError, send_and_record
     from toolkit.submit.submission import SubmissionError, load_submission
 
@@ -341,14 +332,9 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
             record, path = submission_source(board, file, best, run_id)
             submission = load_submission(path)
             how = check_before_sending(board, record, submission)
+            check_settings(settings)
         except (NothingToSend, SubmissionError) as error:
             raise _fail(escape(str(error))) from None
-        if not settings.server_url:
-            raise _fail("no server URL: pass --url URL, set RETRIEVAL_RACE_URL, or write "
-                        'server_url = "http://<host>:3001/retrieval/" in retrieval-race.toml')
-        if not settings.group:
-            raise _fail('no group name: pass --group NAME, set RETRIEVAL_RACE_GROUP, or write group = "<team>" '
-                        "in retrieval-race.toml")
         name = f"run {record.id} ({escape(record.name)})" if record else escape(path.name)
         console.print(f"{name}: {len(submission)} queries, valid ({escape(how)})", soft_wrap=True)
         if dry_run:
@@ -376,7 +362,6 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
             "host": "address to listen on (0.0.0.0 makes it reachable from other machines)"})
 def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
     """A local reference scorer: the course server's protocol, scored with the competition formula."""
-
     from toolkit.machine.console import console
     from toolkit.retrieval.metrics import AnswersError, load_answers
     from toolkit.submit.scorer import ReferenceScorer
@@ -419,38 +404,14 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
     marked on validation."""
     from strategies import create_strategy
     from toolkit.machine.console import console
-    from toolkit.pictures.replay import ReplayError, replay_run, submission_rankings
+    from toolkit.pictures.replay import ReplayError, rankings_to_show
     from toolkit.pictures.report import REPORTS, grid_file_name, rankings_grid
 
-    run_id = _number(run, "--run")
-    if run_id is not None and submission is not None:
-        raise _fail("pass --run ID or --submission FILE, not both")
     split = "validation" if validation or worst else "test"
     with _open_leaderboard(leaderboard) as board:
         try:
-            rankings, record = None, None
-            if submission is not None:
-                path = Path(submission)
-                if not path.is_file():
-                    raise _fail(f"{escape(submission)}: no such submission file")
-                record = board.run_for_file(path)
-                if record is None or record.race_id is None or record.status != "finished":
-                    if split == "validation":
-                        raise _fail(f"{escape(path.name)} was not written by a race of {board.path}: a submission "
-                                    "file holds test rankings only; --validation and --worst need a run (--run ID)")
-                    rankings = submission_rankings(path, data)
-            elif run_id is not None:
-                record = board.run(run_id)
-                if record is None:
-                    raise _fail(f"no run {run_id} in {board.path}; invoke leaderboard --all lists the runs")
-            else:
-                record = board.best_run()
-                if record is None:
-                    raise _fail(f"no finished run in the latest race of {board.path}; pass --run ID or "
-                                "--submission FILE --data PATH")
-            if rankings is None:
-                rankings = replay_run(board, record, create_strategy, (split,), data=data, show_progress=True,
-                                      num_workers=int(workers) if workers is not None else None)[split]
+            rankings = rankings_to_show(board, _number(run, "--run"), submission, data, split, create_strategy,
+                                        num_workers=int(workers) if workers is not None else None)
             image = rankings_grid(rankings, int(queries), worst)
         except ReplayError as error:
             raise _fail(escape(str(error))) from None

@@ -8,6 +8,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from toolkit.race.config import parse_value
 from strategies.base import Encoder, Strategy, WeightsStatus, WeightsUnavailable
 
 _REGISTRY: dict[str, type[Strategy]] = {}
@@ -36,22 +37,6 @@ def create_strategy(name: str, **options: Any) -> Strategy:
     return strategy_class(name)(**options)
 
 
-def _parse_value(text: str) -> Any:
-    lowered = text.lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    if lowered in ("none", "null"):
-        return None
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
-
-
 _SPEC = re.compile(r"\s*([\w.-]+)\s*(?:\[([^\]]*)\])?\s*(?:,|$)")
 
 
@@ -72,7 +57,7 @@ def parse_strategy_specs(text: str) -> list[tuple[str, dict[str, Any]]]:
             if "=" not in pair:
                 raise ValueError(f"option {pair!r} of {name} needs the form key=value")
             key, value = pair.split("=", 1)
-            options[key.strip()] = _parse_value(value.strip())
+            options[key.strip()] = parse_value(value.strip())
         specs.append((name, options))
         position = match.end()
     return specs

@@ -68,7 +68,7 @@ def test_doctor_report_checks_the_server_with_a_short_request(tmp_path, monkeypa
     monkeypatch.setenv("RETRIEVAL_RACE_CONFIG", str(tmp_path / "none.toml"))
     with ArchiveServer() as server:
         monkeypatch.setenv("RETRIEVAL_RACE_URL", server.url("/retrieval/"))
-        report = run_doctor(tmp_path / "no-data", specs=[("face-zs", {})], project=tmp_path)
+        report = run_doctor(tmp_path / "no-data", [("face-zs", {})], create_strategy, project=tmp_path)
     assert report.server.answers and "HTTP 404" in report.server.detail
     assert report.competitions == [] and [check.label for check in report.strategies] == ["face-zs"]
     with socket.socket() as probe:

@@ -18,9 +18,11 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
-__all__ = ["DoctorReport", "default_doctor_specs", "run_doctor"]
+from toolkit.models.weights import hugging_face_cache_dir
+
+__all__ = ["COMMON_EXTRA_SPECS", "DoctorReport", "run_doctor"]
 
 #: Checked beside each registered strategy's defaults: the open_clip pairs worth having on the day.
 COMMON_EXTRA_SPECS = "clip-zs[model=ViT-B-16,pretrained=laion2b_s34b_b88k],clip-zs[model=ViT-L-14,pretrained=openai]"
@@ -150,21 +152,14 @@ def _disks(folders: list[Path]) -> list[tuple[Path, int, int]]:
 
 # ---------------------------------------------------------------- strategies, data, server
 
-def default_doctor_specs() -> list[tuple[str, dict[str, Any]]]:
-    """Every registered strategy with its defaults, and the common open_clip pairs."""
-    from strategies import parse_strategy_specs, strategy_names
-
-    return [(name, {}) for name in strategy_names()] + parse_strategy_specs(COMMON_EXTRA_SPECS)
-
-
-def check_strategies(specs: list[tuple[str, dict[str, Any]]]) -> list[StrategyCheck]:
-    from strategies import create_strategy
-
+def check_strategies(specs: list[tuple[str, dict[str, Any]]], make_strategy: Callable[..., Any]) -> list[StrategyCheck]:
+    """Whether each strategy's weights are on disk; `make_strategy(name, **options)` creates one
+    (strategies.create_strategy)."""
     checks = []
     for name, options in specs:
         label = name
         try:
-            strategy = create_strategy(name, **options)
+            strategy = make_strategy(name, **options)
             label = strategy.describe()
             status = strategy.weights_status()
             checks.append(StrategyCheck(label, status.available_offline, status.detail))
@@ -232,11 +227,10 @@ def _server_from_settings(project: Path | None, timeout: float) -> ServerCheck:
 
 # ---------------------------------------------------------------- the report
 
-def run_doctor(data_root: str | os.PathLike = "data", specs: list[tuple[str, dict[str, Any]]] | None = None,
+def run_doctor(data_root: str | os.PathLike, specs: list[tuple[str, dict[str, Any]]], make_strategy: Callable[..., Any],
                project: Path | None = None, server_timeout: float = SERVER_TIMEOUT_S) -> DoctorReport:
-    """Check this machine (see the module docstring); never downloads, never raises for a failed check."""
-    from strategies.base import hugging_face_cache_dir
-
+    """Check this machine (see the module docstring) and the strategies of `specs`, created by
+    `make_strategy`; never downloads, never raises for a failed check."""
     started = time.perf_counter()
     data_root = Path(data_root)
     torch_version, build, gpus, gpu_note = _gpus()
@@ -247,7 +241,7 @@ def run_doctor(data_root: str | os.PathLike = "data", specs: list[tuple[str, dic
         gpus=gpus, gpu_note=gpu_note, cpu_cores=os.cpu_count() or 1, usable_cores=_usable_cores(),
         architecture=platform.machine(), ram_total=total, ram_available=available,
         disks=_disks([data_root, Path(hugging_face_cache_dir())]),
-        strategies=check_strategies(specs if specs is not None else default_doctor_specs()),
+        strategies=check_strategies(specs, make_strategy),
         data_root=data_root, data_root_exists=data_root.is_dir(), competitions=competitions, partial_downloads=partial,
         server=_server_from_settings(project, server_timeout))
     report.seconds = time.perf_counter() - started

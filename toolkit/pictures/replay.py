@@ -138,6 +138,36 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
     return rankings
 
 
+def rankings_to_show(board: Leaderboard, run_id: int | None, submission: str | None, data: str | Path | None,
+                     split: str, make_strategy: Callable[..., Strategy], num_workers: int | None = None) -> Rankings:
+    """What `invoke show` draws: a submission file's rankings (re-created when a race wrote it),
+    run `run_id`'s, or else the latest race's best run's, on `split`."""
+    if run_id is not None and submission is not None:
+        raise ReplayError("pass --run ID or --submission FILE, not both")
+    record = None
+    if submission is not None:
+        path = Path(submission)
+        if not path.is_file():
+            raise ReplayError(f"{submission}: no such submission file")
+        record = board.run_for_file(path)
+        if record is None or record.race_id is None or record.status != "finished":
+            if split == "validation":
+                raise ReplayError(f"{path.name} was not written by a race of {board.path}: a submission file holds "
+                                  "test rankings only; --validation and --worst need a run (--run ID)")
+            return submission_rankings(path, data)
+    elif run_id is not None:
+        record = board.run(run_id)
+        if record is None:
+            raise ReplayError(f"no run {run_id} in {board.path}; invoke leaderboard --all lists the runs")
+    else:
+        record = board.best_run()
+        if record is None:
+            raise ReplayError(f"no finished run in the latest race of {board.path}; pass --run ID or "
+                              "--submission FILE --data PATH")
+    return replay_run(board, record, make_strategy, (split,), data=data, show_progress=True,
+                      num_workers=num_workers)[split]
+
+
 def _from_submission_file(record: Run, splits: Sequence[str], competition: CompetitionData,
                           why: str) -> dict[str, Rankings]:
     """A run that cannot be re-created: its test ranking from its submission file (ranks only);

@@ -13,6 +13,23 @@ _DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*(h|m|s)?", re.IGNORECASE)
 AUTO = "auto"
 
 
+def parse_value(text: str) -> Any:
+    """An option's value as typed: true/yes/on, false/no/off, none/null, an int, a float, else the text."""
+    lowered = text.lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    if lowered in ("none", "null"):
+        return None
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def parse_duration(text: str | float | int | None) -> float | None:
     """'90m', '1h30m', '45s', '5400' (seconds) -> seconds; None or '' -> None (no budget)."""
     if text is None or text == "":

@@ -17,6 +17,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from toolkit.race.config import parse_value
 from toolkit.retrieval import rerank
 from toolkit.retrieval.metrics import RetrievalScore, pooled_score, score_rankings
 from toolkit.retrieval.search import top_k
@@ -115,18 +116,9 @@ def _from_display_text(text: str) -> Recipe:
         params = {}
         for pair in filter(None, (item.strip() for item in (match.group(2) or "").split(","))):
             key, _, number = pair.partition("=")
-            params[key.strip()] = _number(number.strip())
+            params[key.strip()] = parse_value(number.strip())
         steps += [step(name, **params) for name in match.group(1).split("+")]   # "dba+alpha-qe" shared its params
     return Recipe(tuple(steps))
-
-
-def _number(text: str) -> Any:
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 def ranked_indices(chosen: Recipe, query: np.ndarray, gallery: np.ndarray, k: int) -> np.ndarray:

@@ -55,3 +55,13 @@ def check_before_sending(board: Leaderboard, record: Run | None, submission: dic
             return f"checked against the queries and gallery of {data.root}"
     validate_submission_structure(submission)
     return "structure checked; the competition's file names are not known here"
+
+
+def check_settings(settings) -> None:
+    """Raise NothingToSend naming the setting to give when the server URL or the group is missing."""
+    if not settings.server_url:
+        raise NothingToSend("no server URL: pass --url URL, set RETRIEVAL_RACE_URL, or write "
+                            'server_url = "http://<host>:3001/retrieval/" in retrieval-race.toml')
+    if not settings.group:
+        raise NothingToSend('no group name: pass --group NAME, set RETRIEVAL_RACE_GROUP, or write group = "<team>" '
+                            "in retrieval-race.toml")

@@ -40,3 +40,15 @@ def _caption(result: Any) -> str:
     if result.best_submission:
         caption += f"; best copied to {result.best_submission}"
     return escape(caption)
+
+
+def race_summary(result: Any, leaderboard: Any) -> str:
+    """The lines after the table: where the race is recorded, and the run it chose."""
+    lines = []
+    if result.race_id is not None:
+        lines.append(f"recorded as race {result.race_id} in {escape(str(leaderboard))} "
+                     "(invoke leaderboard; invoke submit --best)")
+    best = result.best
+    lines.append(f"best by validation: [bold green]{escape(best.label)}[/bold green] ({best.validation.score:.1f}) "
+                 f"-> {escape(str(best.submission))}, copied to {escape(str(result.best_submission))}")
+    return "\n".join(lines)

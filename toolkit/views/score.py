@@ -23,3 +23,10 @@ def missing_queries_line(missing: int) -> str | None:
     if missing <= 0:
         return None
     return f"[yellow]{missing} queries of the answers are missing from the submission (scored as misses)[/yellow]"
+
+
+def test_score_lines(runs: Any, scores: dict[str, Any]) -> list[str]:
+    """`invoke demo`'s last lines: each run's test score (a RetrievalScore by label) beside its
+    validation score, the race's pick marked."""
+    return [f"{escape(run.label)}: test score {scores[run.label].score:.1f} (validation {run.validation.score:.1f})"
+            + (" [green]<- chosen[/green]" if run.chosen else "") for run in runs if run.label in scores]
