@@ -185,7 +185,7 @@ def _from_submission_file(record: Run, splits: Sequence[str], competition: Compe
 
 def run_flip(record: Run, race_options: dict) -> bool:
     """The flip setting the run used: its own column, else its notes (older rows), else the race's."""
-    if getattr(record, "flip_tta", None) is not None:
+    if record.flip_tta is not None:
         return bool(record.flip_tta)
     if record.notes and "flip TTA" in record.notes:
         return True

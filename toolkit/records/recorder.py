@@ -25,9 +25,9 @@ def run_fields(run: Any) -> dict[str, Any]:
         validation_score=score.score if score else None, validation_top1=score.top1 if score else None,
         validation_top5=score.top5 if score else None, validation_top10=score.top10 if score else None,
         validation_map_at_10=score.map_at_10 if score else None, validation_queries=score.queries if score else None,
-        plain_score=run.baseline.score if getattr(run, "baseline", None) else None,
-        flip_tta=getattr(run, "flip_tta", None) if score else None,
-        post_processing=getattr(run, "post_processing", None) if score else None,
+        plain_score=run.baseline.score if run.baseline else None,
+        flip_tta=run.flip_tta if score else None,
+        post_processing=run.post_processing if score else None,
         validation_low=run.interval[0] if run.interval else None,
         validation_high=run.interval[1] if run.interval else None,
         submission_path=str(Path(run.submission).resolve()) if run.submission else None)

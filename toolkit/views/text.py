@@ -41,7 +41,7 @@ def post_processing_text(run: Any) -> str:
     leaderboard row or a race's run."""
     if run.flip_tta is None and run.post_processing is None:
         return "-"
-    recipe = run.post_processing
-    text = recipe.describe() if hasattr(recipe, "describe") else recipe
+    recipe = run.post_processing       # a Recipe; a row's text that no longer reads as one stays text
+    text = recipe if isinstance(recipe, str) else recipe.describe() if recipe is not None else None
     parts = (["flip"] if run.flip_tta else []) + ([text] if text not in (None, "none") else [])
     return " + ".join(parts) or "none"
