@@ -59,9 +59,10 @@ DETECTORS: dict[str, tuple[Callable[[str], Any], str | None]] = {
     "cnn": (_CnnDetector, "cnn"),
 }
 # The longest side each detector sees at most (None: the image as it is). The CNN detector costs
-# about 20x HOG's time on a CPU, growing with the pixel count; faces of 80 px and more are found.
+# some 50 times HOG's time on a CPU, growing with the pixel count; it finds faces of about 80 px
+# and more without up-sampling.
 DETECTOR_SIDES: dict[str, int | None] = {"hog": None, "cnn": FACE_DETECTION_SIDE}
-# Up-sampling the CNN detector always uses: 0 (1 costs ~5x and found no more faces on lfw-style).
+# Up-sampling the CNN detector always uses: 0 (1 cost 5x and found no more faces on lfw-style-mini).
 CNN_UPSAMPLE = 0
 
 # The detector options: name -> the detectors tried in turn (the centre box or the whole image
