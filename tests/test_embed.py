@@ -90,3 +90,17 @@ def test_file_digest_depends_on_bytes_only(tmp_path):
     (tmp_path / "b").write_bytes(b"same")
     (tmp_path / "c").write_bytes(b"other")
     assert file_digest(tmp_path / "a") == file_digest(tmp_path / "b") != file_digest(tmp_path / "c")
+
+
+def test_a_flip_pass_after_the_plain_one_reuses_the_plain_half(encoder, images, tmp_path, monkeypatch):
+    cold = embed_images(encoder, images, cache_dir=tmp_path / "cold", flip_tta=True, num_workers=0,
+                        show_progress=False)
+    calls = []
+    original = type(encoder).encode
+    monkeypatch.setattr(type(encoder), "encode", lambda self, batch: calls.append(len(batch)) or original(self, batch))
+    embed_images(encoder, images, cache_dir=tmp_path / "warm", num_workers=0, show_progress=False)
+    plain_passes = len(calls)
+    warm = embed_images(encoder, images, cache_dir=tmp_path / "warm", flip_tta=True, num_workers=0,
+                        show_progress=False)
+    assert len(calls) - plain_passes == plain_passes        # only the mirrored pass: one model pass a batch
+    np.testing.assert_array_equal(warm.vectors, cold.vectors)

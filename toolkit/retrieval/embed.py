@@ -2,7 +2,8 @@
 
 Decoding and preprocessing run in DataLoader worker processes, overlapped with the model in the
 main process; the model runs under inference_mode (and autocast on CUDA, inside the Encoder).
-Optional flip test-time augmentation averages each image's embedding with its mirror's.
+Optional flip test-time augmentation averages each image's embedding with its mirror's; the
+plain half comes from the cache when the plain pass has run.
 A DerivedEncoder (e.g. an adapter) is served from its base's embeddings.
 
 The cache is keyed by (encoder fingerprint [+ ":flip"], file content hash), so a renamed or moved
@@ -159,6 +160,15 @@ def uncached_paths(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | No
     return [Path(path) for path in paths if not Path(path).is_file() or cache.get(file_digest(Path(path))) is None]
 
 
+def _plain_vectors(encoder: Encoder, batch, keys: Sequence[str], plain_cache: EmbeddingCache) -> np.ndarray:
+    """The batch's plain embeddings: from the cache when every one is there (a flip pass after the
+    plain one then costs one model pass, not two), else encoded."""
+    known = [plain_cache.get(key) for key in keys]
+    if all(vector is not None for vector in known):
+        return np.stack(known)
+    return encoder.encode(batch)
+
+
 def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
                  flip_tta: bool = False, num_workers: int | None = None,
                  description: str = "embedding", show_progress: bool = True) -> Embeddings:
@@ -176,6 +186,7 @@ def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None
                           computed=from_base.computed, seconds=time.perf_counter() - started)
     paths = [Path(path) for path in paths]
     cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
+    plain_cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint) if flip_tta else None
     keys = [file_digest(path) if path.is_file() else f"missing:{path}" for path in paths]
     rows: list[np.ndarray | None] = [cache.get(key) for key in keys]
     todo = [index for index, row in enumerate(rows) if row is None]
@@ -193,9 +204,12 @@ def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None
         with progress_bar(transient=not show_progress) as progress:
             task = progress.add_task(description, total=len(todo), visible=show_progress)
             for batch_indices, batch, decode_problems in loader:
-                vectors = encoder.encode(batch)
                 if flip_tta:
-                    vectors = l2_normalise(vectors + encoder.encode(encoder.flip(batch)))
+                    vectors = l2_normalise(_plain_vectors(encoder, batch, [keys[todo[position]] for position in
+                                                                           batch_indices], plain_cache)
+                                           + encoder.encode(encoder.flip(batch)))
+                else:
+                    vectors = encoder.encode(batch)
                 for position, problem, vector in zip(batch_indices, decode_problems, vectors):
                     index = todo[position]
                     rows[index] = vector
