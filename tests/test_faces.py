@@ -129,4 +129,4 @@ def test_trained_strategies_take_a_chain_for_face_crop():
     cascade = create_strategy("triplet", face_crop="hog+cnn").make_face_crop(64)
     assert cascade.detectors == ("hog", "cnn") and repr(cascade) != plain
     with pytest.raises(ValueError, match=r"triplet: face_crop .* must be one of hog, hog\+cnn, not 'hgo'"):
-        create_strategy("triplet", face_crop="hgo").make_face_crop(64)
+        create_strategy("triplet", face_crop="hgo")          # at creation, before any race starts

@@ -115,6 +115,7 @@ class TrainedImageStrategy(Strategy):
         if settings["identities_per_batch"] < 2 or settings["images_per_identity"] < 2:
             raise ValueError(f"{self.name}: a metric-learning batch needs identities_per_batch >= 2 and "
                              "images_per_identity >= 2 (positives and negatives in every batch)")
+        self.face_crop_chain()          # a face_crop chain it does not know fails here, before any race
 
     # -- for subclasses
 
@@ -149,15 +150,21 @@ class TrainedImageStrategy(Strategy):
         except ValueError:
             return None
 
-    def make_face_crop(self, image_size: int) -> FaceCrop | None:
-        """The face crop, or None without face_crop. face_crop takes a detector chain of
+    def face_crop_chain(self) -> tuple[str, ...] | None:
+        """The face crop's detector chain, None without face_crop. face_crop takes a chain of
         toolkit.models.faces.DETECTOR_CHAINS too ("hog", the crop of face_crop=True, or "hog+cnn")."""
         if not self.settings["face_crop"]:
             return None
         chosen = self.options.get("face_crop")
         plain = not isinstance(chosen, str) or chosen.strip().lower() in ("true", "yes", "on", "1")
-        chain = face_detector_chain(DEFAULT_CHAIN if plain else chosen,
-                                    f"{self.name}: face_crop (True, False or a detector chain)")
+        return face_detector_chain(DEFAULT_CHAIN if plain else chosen,
+                                   f"{self.name}: face_crop (True, False or a detector chain)")
+
+    def make_face_crop(self, image_size: int) -> FaceCrop | None:
+        """The face crop, or None without face_crop."""
+        chain = self.face_crop_chain()
+        if chain is None:
+            return None
         status = face_crop_status(("predictor", *chain_models(chain)))
         if not status.available_offline:
             raise WeightsUnavailable(f"{self.name}: face_crop needs dlib and its models: {status.detail}")
