@@ -3,7 +3,7 @@ leaderboard's race row and the replay of a run all read them from `RaceConfig`."
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -88,9 +88,6 @@ class RaceConfig:
     # what the race row keeps: what decides the numbers, not where files go or how it is shown
     RECORDED = ("seed", "held_out_fraction", "max_folds", "test_shaped", "gallery_pattern", "flip_tta",
                 "post_process", "ensemble_size")
-
-    def with_options(self, **changes: Any) -> "RaceConfig":
-        return replace(self, **changes)
 
     def recorded(self) -> dict[str, Any]:
         """The options a race row stores (JSON-able)."""

@@ -19,6 +19,7 @@ from __future__ import annotations
 import time
 import traceback
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from pathlib import Path
 from typing import Sequence
 
@@ -30,15 +31,15 @@ from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import Fitted, RaceContext, Strategy
 from toolkit.race.evaluation import as_fold, evaluate
 from toolkit.race.runs import RUNNING, RaceInterrupted, RaceObserver, RaceResult, RunVectors, StrategyRun
-from toolkit.race.selection import choose_best
+from toolkit.race.selection import choose_best, ranked_runs
 from toolkit.race.validation import Yardstick, gallery_per_query
 from toolkit.records.recorder import RaceRecorder
 from toolkit.records.store import Leaderboard
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.ensemble import ENSEMBLE, build_ensemble, ensemble_label
 from toolkit.retrieval.ranking import rank_gallery, readable_validation
-from toolkit.retrieval.recipes import PLAIN, Recipe, recipe_complexity, score_recipes
-from toolkit.retrieval.uncertainty import score_interval, simplest_tied
+from toolkit.retrieval.recipes import PLAIN, Recipe, choose_recipe
+from toolkit.retrieval.uncertainty import score_interval
 from toolkit.submit.submission import RESULTS_PER_QUERY, build_submission, load_submission, save_submission, \
     validate_submission
 
@@ -101,9 +102,10 @@ class _Race:
     def test_paths(self) -> list[Path]:
         return list(self.data.queries) + list(self.data.gallery)
 
-    @property
+    @cached_property
     def context(self) -> RaceContext:
-        """What every strategy is told (for a trained one, its validation is the folds' images)."""
+        """What every strategy is told (for a trained one, its validation is the folds' images);
+        the yardstick and the config do not change during a race, so it is made once."""
         config = self.config
         folds = [path for paths in self.yardstick.fold_paths for path in paths]
         return RaceContext(gallery_pattern=config.gallery_pattern,
@@ -268,14 +270,10 @@ class _Race:
                        "flip": [member.flip_tta for member in kept]}
         run.notes.append(ensemble.search.describe())
         run.fit_seconds = run.seconds
-        recipes = None if self.config.post_process else [PLAIN]
-        scored = score_recipes([as_fold(readable_validation(embeddings, fold))
-                                for embeddings, fold in zip(ensemble.validation, folds)], recipes)
-        preference = simplest_tied([score.score for _, score in scored], [score.per_query for _, score in scored],
-                                   [recipe_complexity(candidate) for candidate, _ in scored],
-                                   [score.map_at_10 for _, score in scored])
-        run.post_processing, run.validation = scored[preference.chosen]
-        run.baseline = dict(scored)[PLAIN]
+        choice = choose_recipe([as_fold(readable_validation(embeddings, fold))
+                                for embeddings, fold in zip(ensemble.validation, folds)],
+                               None if self.config.post_process else [PLAIN])
+        run.post_processing, run.validation, run.baseline = choice.best, choice.best_score, choice.baseline
         flips = {member.flip_tta for member in kept}
         run.flip_tta = flips.pop() if len(flips) == 1 else None
         run.vectors = RunVectors(validation=ensemble.validation, test=ensemble.test)
@@ -350,8 +348,7 @@ class _Race:
 
 def _ensemble_members(runs: Sequence[StrategyRun], size: int) -> list[StrategyRun]:
     """The finished strategies (not ensembles) with embeddings at hand, best by validation first."""
-    candidates = [run for run in runs if run.status == "finished" and run.vectors is not None and run.strategy != ENSEMBLE]
-    return sorted(candidates, key=lambda run: -run.validation.score)[:max(size, 0)]
+    return ranked_runs(run for run in runs if run.vectors is not None and run.strategy != ENSEMBLE)[:max(size, 0)]
 
 
 def _member_names(members: Sequence[StrategyRun]) -> list[str]:

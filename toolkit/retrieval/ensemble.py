@@ -25,6 +25,7 @@ import numpy as np
 from toolkit.retrieval.encoder import l2_normalise
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import RetrievalScore, pooled_score, score_rankings
+from toolkit.retrieval.search import best_columns
 
 ENSEMBLE = "ensemble"          # the `strategy` of an ensemble run in the leaderboard
 DEFAULT_STEP = 0.1
@@ -104,7 +105,7 @@ def search_weights(members: Sequence[Sequence[tuple[np.ndarray, np.ndarray]]], l
         for fold, (query_labels, gallery_labels) in enumerate(labels):
             fused = sum(np.float32(weight) * member[fold] for weight, member in zip(weights, similarities))
             gallery = np.asarray(gallery_labels, dtype=object)
-            per_fold.append(score_rankings(gallery[_top_indices(fused, k)].tolist(), list(query_labels),
+            per_fold.append(score_rankings(gallery[best_columns(fused, k)].tolist(), list(query_labels),
                                            list(gallery_labels)))
         score = pooled_score(per_fold)
         tried += 1
@@ -145,16 +146,6 @@ def build_ensemble(validation: Sequence[Sequence[Embeddings]], test: Sequence[Em
                     validation=[fuse_embeddings([aligned[fold][position] for position in kept], weights)
                                 for fold in range(folds)],
                     test=fuse_embeddings([test[position] for position in kept], weights))
-
-
-def _top_indices(scores: np.ndarray, k: int) -> np.ndarray:
-    """The k highest scores' columns per row, best first (ties: lower column first)."""
-    k = min(k, scores.shape[1])
-    if k == 0:
-        return np.zeros((len(scores), 0), dtype=np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
-    return np.take_along_axis(part, order, 1)
 
 
 def ensemble_label(labels: Sequence[str], weights: Sequence[float]) -> str:

@@ -20,7 +20,7 @@ import numpy as np
 from toolkit.race.config import parse_value
 from toolkit.retrieval import rerank
 from toolkit.retrieval.metrics import RetrievalScore, pooled_score, score_rankings
-from toolkit.retrieval.search import top_k
+from toolkit.retrieval.search import best_columns, top_k
 from toolkit.retrieval.uncertainty import Preference, simplest_tied
 
 Transform = Callable[..., tuple[np.ndarray, np.ndarray]]     # (query, gallery, **params) -> (query, gallery)
@@ -135,16 +135,7 @@ def ranked_indices(chosen: Recipe, query: np.ndarray, gallery: np.ndarray, k: in
             scores = SCORERS[step_.name](scores, query, gallery, **params)
     if scores is None:
         return top_k(query, gallery, k)[1]
-    return _best_k(scores, k)
-
-
-def _best_k(scores: np.ndarray, k: int) -> np.ndarray:
-    """Indices of the k highest scores per row, best first (ties: lower index first)."""
-    if k == 0:
-        return np.zeros((len(scores), 0), dtype=np.int64)
-    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
-    return np.take_along_axis(part, order, 1)
+    return best_columns(scores, k)
 
 
 def candidate_recipes() -> list[Recipe]:
@@ -212,11 +203,17 @@ def recipe_complexity(candidate: Recipe) -> int:
     return len(candidate.steps)
 
 
-def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
-                           recipes: Sequence[Recipe] | None = None, k: int = 10) -> PostProcessingChoice:
-    """Score every recipe on one validation fold; keep the best unless a simpler one ties with it."""
-    scored = score_recipes([(query, gallery, query_labels, gallery_labels)], recipes, k)
+def choose_recipe(folds: Sequence[Fold], recipes: Sequence[Recipe] | None = None, k: int = 10) -> PostProcessingChoice:
+    """Score every recipe pooled over the validation folds; keep the best unless a simpler one
+    (then the higher mAP@10) ties with it."""
+    scored = score_recipes(folds, recipes, k)
     preference = simplest_tied([score.score for _, score in scored], [score.per_query for _, score in scored],
                                [recipe_complexity(candidate) for candidate, _ in scored],
                                [score.map_at_10 for _, score in scored])
     return PostProcessingChoice(best=scored[preference.chosen][0], scores=scored, preference=preference)
+
+
+def choose_post_processing(query: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: Sequence,
+                           recipes: Sequence[Recipe] | None = None, k: int = 10) -> PostProcessingChoice:
+    """choose_recipe on one validation fold."""
+    return choose_recipe([(query, gallery, query_labels, gallery_labels)], recipes, k)

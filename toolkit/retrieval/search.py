@@ -1,4 +1,5 @@
-"""Exact nearest-neighbour search by inner product (cosine on L2-normalised rows), with faiss."""
+"""Exact nearest-neighbour search by inner product (cosine on L2-normalised rows), with faiss, and
+the k best columns of a score matrix that post-processing or an ensemble computed."""
 from __future__ import annotations
 
 import faiss
@@ -19,3 +20,13 @@ def top_k(query_vectors: np.ndarray, gallery_vectors: np.ndarray, k: int) -> tup
     index.add(gallery)
     similarities, indices = index.search(queries, k)
     return similarities, indices
+
+
+def best_columns(scores: np.ndarray, k: int) -> np.ndarray:
+    """The k highest scores' columns per row, best first (ties: lower column first)."""
+    k = min(k, scores.shape[1])
+    if k == 0:
+        return np.zeros((len(scores), 0), dtype=np.int64)
+    part = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.lexsort((part, -np.take_along_axis(scores, part, 1)), axis=1)
+    return np.take_along_axis(part, order, 1)
