@@ -1,19 +1,21 @@
 """Submission files in the server's format: {"<query basename>": ["<gallery basename>", ...k]}.
 
 Built from ranked gallery indices, validated (every query present, exactly k unique existing
-gallery basenames, fewer only when the gallery itself is smaller) and saved atomically.
+gallery basenames, fewer only when the gallery itself is smaller) and saved as a new file, whole
+or not at all, under a name no other file has (toolkit.data.files).
 """
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
+import secrets
 import time
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from toolkit.data.files import write_new_file
 
 RESULTS_PER_QUERY = 10
 
@@ -73,21 +75,18 @@ def _check_entries(submission: Mapping, expected: int, known_gallery: set[str] |
 
 
 def submission_file_name(strategy_label: str, when: float | None = None) -> str:
-    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when if when is not None else time.time()))
+    """<date>-<time>-<milliseconds>-<random>-<label>.json: sorted by time, never the same twice."""
+    when = time.time() if when is None else when
+    stamp = time.strftime("%Y%m%d-%H%M%S", time.localtime(when))
+    milliseconds = int(when * 1000) % 1000
     slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", strategy_label).strip("-") or "submission"
-    return f"{stamp}-{slug}.json"
+    return f"{stamp}-{milliseconds:03d}-{secrets.token_hex(3)}-{slug}.json"
 
 
 def save_submission(submission: Mapping, folder: Path, strategy_label: str, when: float | None = None) -> Path:
-    """Write atomically (temporary file, then rename) and return the path."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    target = folder / submission_file_name(strategy_label, when)
-    handle, temporary = tempfile.mkstemp(dir=folder, suffix=".json.tmp")
-    with os.fdopen(handle, "w") as stream:
-        json.dump(submission, stream, indent=1, sort_keys=True)
-    os.replace(temporary, target)
-    return target
+    """Write it as a new file in folder, whole or not at all, never over another file; return the path."""
+    return write_new_file(folder, lambda: submission_file_name(strategy_label, when),
+                          lambda stream: json.dump(submission, stream, indent=1, sort_keys=True))
 
 
 def load_submission(path: Path) -> dict:
