@@ -3,6 +3,7 @@ import pytest
 
 from toolkit.retrieval.metrics import (AnswersError, average_precisions, competition_score, first_hit_ranks,
                              score_rankings, score_submission, top_k_accuracy)
+from toolkit.submit.submission import SubmissionError
 
 
 def test_first_hit_ranks_are_one_based_and_zero_for_a_miss():
@@ -48,14 +49,18 @@ def test_score_rankings_hand_computed_case():
 def test_score_submission_counts_missing_queries_as_misses():
     answers = {"query": {"q1.jpg": "a", "q2.jpg": "b"},
                "gallery": {"g1.jpg": "a", "g2.jpg": "b", "g3.jpg": "c"}}
-    perfect = score_submission({"q1.jpg": ["g1.jpg", "g3.jpg"], "q2.jpg": ["g2.jpg", "g1.jpg"]}, answers)
+    perfect = score_submission({"q1.jpg": ["g1.jpg", "g3.jpg", "g2.jpg"], "q2.jpg": ["g2.jpg", "g1.jpg", "g3.jpg"]},
+                               answers)
     assert perfect.score == 1000
-    half = score_submission({"q1.jpg": ["g1.jpg"]}, answers)
+    half = score_submission({"q1.jpg": ["g1.jpg", "g2.jpg", "g3.jpg"]}, answers)
     assert half.score == 500 and half.queries == 2
 
 
 def test_score_submission_rejects_unknown_queries_and_bad_answers():
-    with pytest.raises(AnswersError, match="not in the answers"):
-        score_submission({"zz.jpg": []}, {"query": {}, "gallery": {}})
+    answers = {"query": {"q1.jpg": "a"}, "gallery": {"g1.jpg": "a"}}
+    with pytest.raises(SubmissionError, match=r"1 entries are not queries, e.g. \['zz.jpg'\]"):
+        score_submission({"q1.jpg": ["g1.jpg"], "zz.jpg": ["g1.jpg"]}, answers)
+    with pytest.raises(AnswersError, match="both non-empty"):
+        score_submission({"zz.jpg": ["g1.jpg"]}, {"query": {}, "gallery": {}})
     with pytest.raises(AnswersError):
         score_submission({}, {"queries": {}})

@@ -8,12 +8,14 @@ validation ranking and for a submission file.
 """
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
 import numpy as np
+
+from toolkit.data.jsonfile import JsonInputError, read_json
+from toolkit.submit.submission import validate_submission
 
 SCORE_WEIGHTS = {1: 600.0, 5: 300.0, 10: 100.0}
 
@@ -120,31 +122,40 @@ class AnswersError(ValueError):
 
 
 def load_answers(path: str | Path) -> dict:
-    """Read and check an answers file {"query": {file: identity}, "gallery": {file: identity}}."""
-    path = Path(path)
-    if not path.is_file():
-        raise AnswersError(f"{path}: no such answers file")
+    """Read and check an answers file {"query": {file: identity}, "gallery": {file: identity}}
+    (through toolkit.data.jsonfile); AnswersError naming the file and the problem."""
     try:
-        answers = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise AnswersError(f"{path}: not valid JSON ({error})") from None
-    if not (isinstance(answers, dict) and isinstance(answers.get("query"), dict)
-            and isinstance(answers.get("gallery"), dict) and answers["query"] and answers["gallery"]):
-        raise AnswersError(f'{path}: answers must be {{"query": {{file: identity}}, "gallery": {{file: identity}}}}, '
-                           "both non-empty")
+        answers = read_json(path, "answers file")
+    except JsonInputError as error:
+        raise AnswersError(str(error)) from None
+    check_answers(answers, str(path))
     return answers
+
+
+def check_answers(answers: object, source: str = "answers") -> None:
+    """AnswersError unless *answers* is {"query": {file: identity}, "gallery": {file: identity}},
+    both non-empty, every identity a string or an integer."""
+    shape = '{"query": {file: identity}, "gallery": {file: identity}}'
+    if not (isinstance(answers, Mapping) and isinstance(answers.get("query"), Mapping)
+            and isinstance(answers.get("gallery"), Mapping)):
+        raise AnswersError(f"{source}: answers must be {shape}, both non-empty")
+    for part in ("query", "gallery"):
+        if not answers[part]:
+            raise AnswersError(f'{source}: "{part}" is empty; answers must be {shape}, both non-empty')
+        odd = next((name for name, identity in answers[part].items()
+                    if isinstance(identity, bool) or not isinstance(identity, (str, int))), None)
+        if odd is not None:
+            raise AnswersError(f'{source}: "{part}" gives {odd[:60]!r} the identity {str(answers[part][odd])[:60]}; '
+                               "identities are strings or integers")
 
 
 def score_submission(submission: Mapping[str, Sequence[str]], answers: Mapping) -> RetrievalScore:
     """Score a submission dict against answers {"query": {name: id}, "gallery": {name: id}}.
-    Every query in the answers counts; a query missing from the submission scores zero."""
-    try:
-        query_truth, gallery_truth = answers["query"], answers["gallery"]
-    except (KeyError, TypeError):
-        raise AnswersError('answers must be {"query": {file: identity}, "gallery": {file: identity}}') from None
-    unknown = sorted(set(submission) - set(query_truth))
-    if unknown:
-        raise AnswersError(f"{len(unknown)} submitted queries are not in the answers, e.g. {unknown[:3]}")
+    Every query in the answers counts; a query missing from the submission scores zero. A
+    submission the server would refuse (toolkit.submit.checks) is a SubmissionError."""
+    check_answers(answers)
+    query_truth, gallery_truth = answers["query"], answers["gallery"]
+    validate_submission(submission, list(query_truth), list(gallery_truth), every_query=False)
     query_names = sorted(query_truth)
-    ranked = [[gallery_truth.get(name) for name in submission.get(query, [])] for query in query_names]
+    ranked = [[gallery_truth[name] for name in submission.get(query, [])] for query in query_names]
     return score_rankings(ranked, [query_truth[name] for name in query_names], list(gallery_truth.values()))

@@ -16,6 +16,8 @@ from typing import Mapping, Sequence
 import numpy as np
 
 from toolkit.data.files import write_new_file
+from toolkit.data.jsonfile import JsonInputError, read_json
+from toolkit.submit.checks import json_kind, submission_problems
 
 RESULTS_PER_QUERY = 10
 
@@ -32,46 +34,21 @@ def build_submission(query_paths: Sequence[Path], gallery_paths: Sequence[Path],
 
 
 def validate_submission(submission: Mapping, query_names: Sequence[str], gallery_names: Sequence[str],
-                        k: int = RESULTS_PER_QUERY) -> None:
-    """Raise SubmissionError listing what is wrong (the first few problems of each kind)."""
-    if not isinstance(submission, Mapping):
-        raise SubmissionError(f"a submission is a JSON object of query -> list, not {type(submission).__name__}")
-    expected = min(k, len(set(gallery_names)))
-    known_gallery = set(gallery_names)
-    problems: list[str] = []
-    missing = sorted(set(query_names) - set(submission))
-    if missing:
-        problems.append(f"{len(missing)} queries missing, e.g. {missing[:3]}")
-    extra = sorted(set(submission) - set(query_names))
-    if extra:
-        problems.append(f"{len(extra)} entries are not queries, e.g. {extra[:3]}")
-    _check_entries(submission, expected, known_gallery, problems)
+                        k: int = RESULTS_PER_QUERY, every_query: bool = True) -> None:
+    """Raise SubmissionError listing what is wrong (the first few problems; the rules are
+    toolkit.submit.checks'). every_query=False lets queries be missing (scored as misses)."""
+    _refuse(submission_problems(submission, query_names, gallery_names, k, every_query=every_query))
 
 
 def validate_submission_structure(submission: Mapping, k: int = RESULTS_PER_QUERY) -> None:
     """What can be checked without the competition's file names: a non-empty object of
     query -> exactly k unique gallery names. Raise SubmissionError listing what is wrong."""
-    if not isinstance(submission, Mapping) or not submission:
-        raise SubmissionError("invalid submission: a submission is a non-empty JSON object of query -> list")
-    _check_entries(submission, k, None, [])
+    _refuse(submission_problems(submission, k=k))
 
 
-def _check_entries(submission: Mapping, expected: int, known_gallery: set[str] | None, problems: list[str]) -> None:
-    for query, results in submission.items():
-        if not isinstance(results, list) or not all(isinstance(name, str) for name in results):
-            problems.append(f"{query}: results must be a list of file names")
-        elif len(results) != expected:
-            problems.append(f"{query}: {len(results)} results, expected {expected}")
-        elif len(set(results)) != len(results):
-            problems.append(f"{query}: repeated gallery names")
-        elif known_gallery is not None and not set(results) <= known_gallery:
-            unknown = sorted(set(results) - known_gallery)
-            problems.append(f"{query}: unknown gallery names {unknown[:3]}")
-        if len(problems) >= 10:
-            problems.append("... (more problems not shown)")
-            break
+def _refuse(problems: list[str], where: str = "") -> None:
     if problems:
-        raise SubmissionError("invalid submission: " + "; ".join(problems))
+        raise SubmissionError(f"{where}invalid submission: " + "; ".join(problems))
 
 
 def submission_file_name(strategy_label: str, when: float | None = None) -> str:
@@ -90,13 +67,16 @@ def save_submission(submission: Mapping, folder: Path, strategy_label: str, when
 
 
 def load_submission(path: Path) -> dict:
+    """The submission in the JSON file *path*, read by toolkit.data.jsonfile and checked for all
+    that needs no competition: an object of query -> 1 to k distinct file names. SubmissionError
+    naming the file and the problem otherwise."""
     path = Path(path)
-    if not path.is_file():
-        raise SubmissionError(f"{path}: no such submission file")
     try:
-        data = json.loads(path.read_text())
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise SubmissionError(f"{path}: not valid JSON ({error})") from None
+        data = read_json(path, "submission file")
+    except JsonInputError as error:
+        raise SubmissionError(str(error)) from None
     if not isinstance(data, dict):
-        raise SubmissionError(f"{path}: expected a JSON object of query -> list of gallery names")
+        raise SubmissionError(f"{path}: expected a JSON object of query -> list of gallery names, "
+                              f"not {json_kind(data)}")
+    _refuse(submission_problems(data, k=RESULTS_PER_QUERY, exact_count=False), f"{path}: ")
     return data
