@@ -11,7 +11,8 @@ from typing import Any, Sequence
 from sqlalchemy import Table
 from sqlmodel import SQLModel
 
-SCHEMA_VERSION = 3   # 2: run.flip_tta, run.post_processing, run.plain_score; 3: run.validation_low/high, run.chosen
+SCHEMA_VERSION = 4   # 2: run.flip_tta, run.post_processing, run.plain_score; 3: run.validation_low/high, run.chosen;
+                     # 4: run.run_key, unique with race_id (NULL in older rows, which stay as they are)
 
 
 def create_or_upgrade(engine: Any, tables: Sequence[Table]) -> int:

@@ -1,12 +1,17 @@
 """The recorder the race calls: one race row when it starts, one run row as each run ends (so a
 crash later loses nothing), the race's seconds when it is done.
 
+Each run gets a key, drawn once before its first write, that its row keeps: recording a run again
+(the race records it once more when a Ctrl-C landed between the write and the race hearing of it)
+updates its row, never adds a second one.
+
 A leaderboard problem is a warning, never the end of the race. `run_fields` says what a race's
 run (toolkit.race.runner.StrategyRun) becomes in a run row.
 """
 from __future__ import annotations
 
 import os
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +46,7 @@ class RaceRecorder:
         self.board: Leaderboard | None = None
         self.owned = not isinstance(leaderboard, Leaderboard)
         self.race_id: int | None = None
+        self.run_keys: dict[int, str] = {}     # id() of each StrategyRun (alive for the race) -> its key
         if leaderboard is None:
             return
         try:
@@ -54,8 +60,9 @@ class RaceRecorder:
         """Record a StrategyRun (toolkit.race.runner) once its status is final; sets run.run_id."""
         if self.board is None:
             return
+        key = self.run_keys.setdefault(id(run), uuid.uuid4().hex)
         try:
-            run.run_id = self.board.add_run(race_id=self.race_id, **run_fields(run)).id
+            run.run_id = self.board.record_run(self.race_id, key, **run_fields(run)).id
         except (LeaderboardError, SQLAlchemyError, OSError) as error:
             self._warn(error)
 

@@ -8,26 +8,31 @@ Three tables (sqlmodel):
     run                one per strategy run: name, options (JSON), status (finished / skipped /
                        failed / timed-out, with the reason; "manual" for a file no race wrote, whose
                        race_id is NULL), fit and embed seconds, validation Top-1/5/10, score and
-                       mAP@10, submission file
+                       mAP@10, submission file. A race's run has a key unique in its race, so that
+                       recording it again (after a Ctrl-C) updates its row instead of adding one
     server_submission  one per attempt to send a run's submission: written *before* sending
                        (state "sending"), then completed with the HTTP status and the server's score
-                       (state "scored") or its error text (state "failed")
+                       (state "scored") or its error text (state "failed"); an attempt still
+                       sending when the Leaderboard closes (after a Ctrl-C or an error) is closed
+                       as failed, saying why
 
 Several processes may write at once (a race recording runs while a teammate submits): the file is
 in WAL mode with a busy timeout, and every transaction takes the write lock when it begins
 (BEGIN IMMEDIATE), so a writer waits for another instead of failing. The schema is created and
-upgraded by toolkit.records.migrations.
+upgraded by toolkit.records.migrations. A damaged file, or one SQLite cannot read or write, is a
+LeaderboardError naming the file, whether found when it opens (a quick check of every page) or later.
 """
 from __future__ import annotations
 
 import json
 import os
+import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import String, TypeDecorator, event
+from sqlalchemy import Index, String, TypeDecorator, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
@@ -91,9 +96,11 @@ class Race(SQLModel, table=True):
 
 class Run(SQLModel, table=True):
     __tablename__ = "run"
+    __table_args__ = (Index("ix_run_race_key", "race_id", "run_key", unique=True),)
 
     id: int | None = Field(default=None, primary_key=True)
     race_id: int | None = Field(default=None, foreign_key="race.id", index=True)
+    run_key: str | None = None                 # unique in its race (toolkit.records.recorder); NULL by hand
     name: str                                  # as a user types it: cnn-zs[image_size=64]
     strategy: str | None = None                # the registry name: cnn-zs
     options: str | None = None                 # JSON
@@ -164,21 +171,39 @@ class Leaderboard:
         self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
         event.listen(self.engine, "connect", _configure_connection)
         event.listen(self.engine, "begin", _begin_immediate)
+        self._sending: list[ServerSubmission] = []     # attempts started here and not finished yet
         try:
+            _check_pages(self.engine, self.path)
             self.schema_version = create_or_upgrade(self.engine, TABLES)
-        except SQLAlchemyError as error:
+        except (SQLAlchemyError, LeaderboardError) as error:
             self.engine.dispose()
-            reason = getattr(error, "orig", None) or error
-            raise LeaderboardError(f"{self.path}: cannot open the leaderboard ({reason})") from None
+            raise _fault(self.path, "open", error) from None
+        event.listen(self.engine, "handle_error", self._database_fault)
 
-    def close(self) -> None:
-        self.engine.dispose()
+    def close(self, reason: str = "the toolkit stopped before the server answered") -> None:
+        """Close the file; an attempt started here and still sending is closed as failed (`reason`)."""
+        try:
+            self._abandon_sending(reason)
+        finally:
+            self.engine.dispose()
 
     def __enter__(self) -> Leaderboard:
         return self
 
-    def __exit__(self, *exc_info: object) -> None:
-        self.close()
+    def __exit__(self, kind: type[BaseException] | None, error: BaseException | None, trace: object) -> None:
+        if kind is None:
+            self.close()
+            return
+        try:
+            self.close("interrupted before the server answered" if issubclass(kind, KeyboardInterrupt)
+                       else f"the send did not finish ({kind.__name__}: {error})")
+        except (LeaderboardError, SQLAlchemyError):
+            pass        # the error under way is the one to tell; such an attempt reads "sending?"
+
+    def _database_fault(self, context: Any) -> None:
+        """sqlalchemy's handle_error: a damaged or unusable file is a LeaderboardError naming it."""
+        if _is_fault(context.original_exception):
+            raise _fault(self.path, "read or write", context.original_exception)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -214,6 +239,10 @@ class Leaderboard:
         with self._session() as session:
             return session.get(Race, race_id)
 
+    def races(self) -> list[Race]:
+        with self._session() as session:
+            return list(session.exec(select(Race).order_by(Race.id)).all())
+
     def latest_race(self) -> Race | None:
         with self._session() as session:
             return session.exec(select(Race).order_by(Race.id.desc()).limit(1)).first()
@@ -221,10 +250,25 @@ class Leaderboard:
     # --- runs --------------------------------------------------------------------------------
 
     def add_run(self, **fields: Any) -> Run:
-        """Record a run; `options` may be a dict (stored as JSON)."""
-        if not isinstance(fields.get("options"), (str, type(None))):
-            fields["options"] = _json(fields["options"])
-        return self._add(Run(**fields))
+        """Add a run row; `options` may be a dict (stored as JSON)."""
+        return self._add(Run(**_run_fields(fields)))
+
+    def record_run(self, race_id: int | None, run_key: str, **fields: Any) -> Run:
+        """Record a race's run by its key: the row is added the first time and updated after, so
+        recording the same run again (a Ctrl-C between the write and hearing of it) adds nothing."""
+        fields = _run_fields(fields)
+        with self._session() as session:
+            row = session.exec(select(Run).where(Run.race_id == race_id, Run.run_key == run_key)).first()
+            if row is None:
+                row = Run(race_id=race_id, run_key=run_key, **fields)
+                session.add(row)
+            else:
+                for name, value in fields.items():
+                    setattr(row, name, value)
+                row.ended_at = _now()
+            session.commit()
+            session.refresh(row)
+            return row
 
     def add_manual_run(self, submission_path: str | os.PathLike[str]) -> Run:
         """A submission file that no race wrote: a run with no race and status "manual"."""
@@ -262,8 +306,11 @@ class Leaderboard:
     # --- server submissions ------------------------------------------------------------------
 
     def start_submission(self, run_id: int, url: str, group: str) -> ServerSubmission:
-        """Record an attempt before it is sent, so that nothing is lost if the send never returns."""
-        return self._add(ServerSubmission(run_id=run_id, url=url, group_name=group, state="sending"))
+        """Record an attempt before it is sent, so that nothing is lost if the send never returns;
+        one not finished when this Leaderboard closes is closed as failed (see close)."""
+        row = ServerSubmission(run_id=run_id, url=url, group_name=group, state="sending")
+        self._sending.append(row)                      # before the write: a Ctrl-C during it still finds it
+        return self._add(row)
 
     def finish_submission(self, submission_id: int, state: str, http_status: int | None = None,
                           server_score: float | None = None, error: str | None = None,
@@ -277,7 +324,22 @@ class Leaderboard:
             row.state, row.http_status, row.server_score, row.error = state, http_status, server_score, error
             row.tries, row.seconds, row.ended_at = tries, seconds, _now()
             session.commit()
-            return row
+        self._sending = [attempt for attempt in self._sending if attempt.id != submission_id]
+        return row
+
+    def _abandon_sending(self, reason: str) -> None:
+        """Close as failed the attempts started here that are still "sending" in the file."""
+        started = [attempt.id for attempt in self._sending if attempt.id is not None]
+        self._sending = []
+        if not started:
+            return
+        error = f"{reason}; the server may still have scored it, so check before sending it again"
+        with self._session() as session:
+            rows = session.exec(select(ServerSubmission).where(ServerSubmission.id.in_(started),
+                                                               ServerSubmission.state == "sending")).all()
+            for row in rows:
+                row.state, row.error, row.ended_at = "failed", error, _now()
+            session.commit()
 
     def submissions(self, run_ids: Iterable[int] | None = None) -> list[ServerSubmission]:
         with self._session() as session:
@@ -316,6 +378,12 @@ def _json(value: Any) -> str:
     return json.dumps(value, sort_keys=True, default=str)
 
 
+def _run_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    if not isinstance(fields.get("options"), (str, type(None))):
+        fields = {**fields, "options": _json(fields["options"])}
+    return fields
+
+
 # --- the database file ---------------------------------------------------------------------------
 
 
@@ -326,6 +394,36 @@ def _configure_connection(dbapi_connection: Any, connection_record: Any) -> None
     cursor.execute("PRAGMA journal_mode = WAL")
     cursor.execute("PRAGMA synchronous = NORMAL")
     cursor.close()
+
+
+def _check_pages(engine: Any, path: Path) -> None:
+    """SQLite's quick check of every page, so that damage is found when the file opens rather than
+    halfway through a table; raise LeaderboardError naming the first problems."""
+    with engine.connect() as connection:
+        problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check").fetchall()]
+    if problems != ["ok"]:
+        raise _damaged(path, "open", "; ".join(" ".join(problem.split()) for problem in problems[:3]))
+
+
+def _is_fault(error: BaseException) -> bool:
+    """A file SQLite finds damaged (DatabaseError) or cannot use (OperationalError: locked past the
+    busy timeout, disk full or read-only, I/O error); constraint and programming errors stay bugs."""
+    return type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError)
+
+
+def _fault(path: Path, doing: str, error: BaseException) -> LeaderboardError:
+    """The one line for a file that cannot be opened, read or written."""
+    if isinstance(error, LeaderboardError):
+        return error
+    reason = getattr(error, "orig", None) or error
+    if type(reason) is sqlite3.DatabaseError:
+        return _damaged(path, doing, str(reason))
+    return LeaderboardError(f"{path}: cannot {doing} the leaderboard ({reason})")
+
+
+def _damaged(path: Path, doing: str, detail: str) -> LeaderboardError:
+    return LeaderboardError(f"{path}: cannot {doing} the leaderboard: the file is damaged or not a leaderboard "
+                            f"({detail}); move it aside to start a new one (sqlite3's .recover can save its rows)")
 
 
 def _begin_immediate(connection: Any) -> None:
