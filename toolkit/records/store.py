@@ -196,7 +196,7 @@ class Leaderboard:
             return
         try:
             self.close("interrupted before the server answered" if issubclass(kind, KeyboardInterrupt)
-                       else f"the send did not finish ({kind.__name__}: {error})")
+                       else f"stopped before the server answered ({kind.__name__})")
         except (LeaderboardError, SQLAlchemyError):
             pass        # the error under way is the one to tell; such an attempt reads "sending?"
 
