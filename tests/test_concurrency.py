@@ -72,9 +72,11 @@ def test_two_races_and_two_submits_at_once_lose_nothing(tmp_path, synthetic_comp
         path.write_text(json.dumps(_by_hand(competition, shift)))
         hand_files.append(path)
 
+    # each race its own embedding cache: this test is about the leaderboard and the submissions folder
     processes = [_invoke("race", "--data", str(synthetic_competition), "--strategies", STRATEGY, "--workers", "0",
-                         "--no-rerank", "--flip", "off", "--submissions", str(submissions), env={**env, "RETRIEVAL_RACE_CACHE": str(tmp_path / name)})
-                 for name in ("cache-a", "cache-b")]
+                         "--no-rerank", "--flip", "off", "--submissions", str(submissions),
+                         env={**env, "RETRIEVAL_RACE_CACHE": str(tmp_path / cache)})
+                 for cache in ("cache-a", "cache-b")]
     processes += [_invoke("submit", "--file", str(path), "--retries", "0", env=env) for path in hand_files]
     outputs = [process.communicate(timeout=300) for process in processes]
     for process, (stdout, stderr) in zip(processes, outputs):

@@ -189,5 +189,7 @@ def test_damage_found_after_the_file_opened_is_a_leaderboard_error_too(tmp_path)
     with Leaderboard(path) as board:                       # opens whole; damaged while it is open
         board.engine.dispose()                             # (its connections closed: no page cached)
         _damage_a_middle_page(path)
-        with pytest.raises(LeaderboardError, match="board.db: cannot read or write the leaderboard: the file is damaged"):
+        with pytest.raises(LeaderboardError, match="cannot read or write the leaderboard: the file is damaged") \
+                as fault:
             board.summaries()
+    assert str(fault.value).startswith(f"{path}: ")
