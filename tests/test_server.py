@@ -1,9 +1,11 @@
 """The server protocol over real HTTP on loopback: the reference scorer, and the client's retries
 (urllib3's Retry) against servers that misbehave (500 twice then 200, always 5xx, no answer, a
-non-JSON answer, nobody listening). No test waits: the backoff factor is 0."""
+non-JSON answer, a reply that is not a score, an answer dripped forever, nobody listening). No
+test waits between tries (the backoff factor is 0); the dripping ones wait for their 1 s timeout."""
 import json
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -11,6 +13,8 @@ import pytest
 import requests
 from urllib3.exceptions import NewConnectionError
 
+from tests.drip_server import DripServer
+from tests.test_tasks import invoke
 from toolkit.records.store import Leaderboard
 from toolkit.retrieval.metrics import score_submission
 from toolkit.submit.client import ServerError, retry_policy, send_and_record, submit_to_server
@@ -219,3 +223,83 @@ def test_nobody_listening_is_retried_then_reported_and_recorded(board):
         send_and_record(board, run.id, url, "team", _submission(), timeout=2, retries=2, backoff_factor=0)
     [attempt] = board.submissions([run.id])
     assert attempt.state == "failed" and attempt.tries == 3 and "cannot reach" in attempt.error
+
+
+# --- replies that are not a score --------------------------------------------------------------------
+
+
+class Replies(_Handler):
+    def do_POST(self):
+        self._read()
+        self._send(200, self.server.reply, "application/json")
+
+
+@pytest.mark.parametrize("reply, message", [
+    ('{"accuracy": NaN}', "NaN is not a number JSON allows"),
+    ('{"accuracy": Infinity}', "Infinity is not a number JSON allows"),
+    ('{"accuracy": 1e999}', "too big for a float"),
+    ('{"accuracy": true}', '"accuracy" is true, not a score from 0 to 1000'),
+    ('{"accuracy": -3}', '"accuracy" is -3, not a score from 0 to 1000'),
+    ('{"accuracy": 1000.5}', '"accuracy" is 1000.5, not a score from 0 to 1000'),
+    ('{"accuracy": "512"}', '"accuracy" is "512", not a score'),
+    ('{"accuracy": null}', '"accuracy" is null, not a score'),
+    ('{"accuracy": 1, "accuracy": 2}', "appears more than once"),
+])
+def test_a_reply_that_is_not_a_real_score_is_a_failed_attempt(board, reply, message):
+    run = board.add_run(name="cnn-zs", validation_score=400.0, submission_path="/s/a.json")
+    with misbehaving(Replies) as (url, server):
+        server.reply = reply
+        with pytest.raises(ServerError) as caught:
+            send_and_record(board, run.id, url, "team", _submission(), timeout=5, retries=0, backoff_factor=0)
+    assert message in str(caught.value) and "unexpected reply from" in str(caught.value)
+    [attempt] = board.submissions([run.id])
+    assert (attempt.state, attempt.http_status, attempt.server_score) == ("failed", 200, None)
+    assert message in attempt.error
+
+
+@pytest.mark.parametrize("score", [0, 512.5, 1000])
+def test_a_real_score_from_0_to_1000_is_taken(score):
+    with misbehaving(Replies) as (url, server):
+        server.reply = json.dumps({"accuracy": score})
+        assert submit_to_server(url, "team", _submission(), timeout=5).score == score
+
+
+# --- the timeout is for the whole exchange ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nX-Slow: ", DripServer.headers(1000, kind="application/json")],
+                         ids=["headers", "body"])
+def test_a_server_that_drips_forever_is_given_up_on_within_the_timeout(board, head):
+    run = board.add_run(name="cnn-zs", submission_path="/s/a.json")
+    with DripServer(head, drip=b"a", every=0.1) as server:
+        started = time.monotonic()
+        with pytest.raises(ServerError, match=r"did not answer within 1s; it may still have scored"):
+            send_and_record(board, run.id, server.url("/retrieval/"), "team", _submission(), timeout=1, retries=2,
+                            backoff_factor=0)
+        waited = time.monotonic() - started
+    assert waited < 1 + 10                      # the issue's bound: 1 s of timeout, not one per byte
+    assert server.requests == 1                 # an answer that did not come in time is not asked again
+    [attempt] = board.submissions([run.id])
+    assert attempt.state == "failed" and "did not answer within 1s" in attempt.error
+
+
+def test_retries_and_their_waits_end_at_the_timeout():
+    with misbehaving(AlwaysFails) as (url, server):
+        started = time.monotonic()
+        with pytest.raises(ServerError, match="answered HTTP 500 1 time: scoring failed"):
+            submit_to_server(url, "team", _submission(), timeout=1, retries=3, backoff_factor=4)
+        waited = time.monotonic() - started
+    assert waited < 1 + 10 and server.hits == 1      # the next try would have started after 4 s
+
+
+def test_invoke_submit_timeout_bounds_a_dripping_server(tmp_path):
+    path = tmp_path / "a.json"
+    path.write_text(json.dumps(_submission()))
+    with DripServer(b"HTTP/1.1 200 OK\r\nX-Slow: ", drip=b"a", every=0.2, for_seconds=90) as server:
+        started = time.monotonic()
+        result = invoke("submit", "--file", str(path), "--url", server.url("/retrieval/"), "--group", "team",
+                        "--timeout", "2")
+        waited = time.monotonic() - started
+    assert result.returncode == 1 and "did not answer within 2s" in result.stdout, result.stdout
+    assert "Traceback" not in result.stdout + result.stderr
+    assert waited < 60                          # 2 s, plus starting Python and the toolkit on a loaded machine
