@@ -1,10 +1,16 @@
+import multiprocessing
+import os
 import shutil
+import signal
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from strategies import create_strategy
+from tests.conftest import PROJECT
 from toolkit.retrieval.embed import EmbeddingCache, embed_images, file_digest
 
 
@@ -77,12 +83,106 @@ def test_flip_tta_is_cached_separately_and_differs(encoder, images, tmp_path):
     assert np.allclose(np.linalg.norm(flipped.vectors, axis=1), 1, atol=1e-5)
 
 
-def test_a_damaged_cache_part_is_ignored(encoder, images, tmp_path):
+def _part_bytes(encoder, paths, folder) -> bytes:
+    """The bytes of the one cache part that embedding `paths` into a fresh cache writes."""
+    embed_images(encoder, paths, cache_dir=folder, num_workers=0, show_progress=False)
+    [part] = (folder / encoder.fingerprint).glob("part-*.npz")
+    return part.read_bytes()
+
+
+def test_damaged_cache_parts_are_skipped_removed_with_one_warning_and_embedded_again(encoder, images, tmp_path,
+                                                                                      capsys):
     cache = tmp_path / "cache"
-    embed_images(encoder, images[:2], cache_dir=cache, num_workers=0, show_progress=False)
-    (cache / encoder.fingerprint / "part-0-damaged.npz").write_bytes(b"garbage")
-    again = embed_images(encoder, images[:2], cache_dir=cache, num_workers=0, show_progress=False)
-    assert again.from_cache == 2
+    first = embed_images(encoder, images[:3], cache_dir=cache, num_workers=0, show_progress=False)
+    whole = _part_bytes(encoder, images[3:6], tmp_path / "elsewhere")     # a real part of images 3-5
+    folder = cache / encoder.fingerprint
+    overwritten = bytearray(whole)
+    overwritten[len(whole) // 2:len(whole) // 2 + 64] = os.urandom(64)     # a page of the data overwritten
+    damaged = {"part-1-truncated.npz": whole[:len(whole) // 2],
+               "part-2-leftover.npz.tmp.npz": whole[:len(whole) - 40],    # an older version's half-written part
+               "part-3-garbage.npz": os.urandom(3000),
+               "part-4-empty.npz": b"",
+               "part-5-overwritten.npz": bytes(overwritten)}
+    for name, content in damaged.items():
+        (folder / name).write_bytes(content)
+    capsys.readouterr()
+
+    again = embed_images(encoder, images[:6], cache_dir=cache, num_workers=0, show_progress=False)
+    fresh = embed_images(encoder, images[:6], cache_dir=tmp_path / "fresh", num_workers=0, show_progress=False)
+    assert (again.from_cache, again.computed) == (3, 3)                   # only the good part was read
+    np.testing.assert_allclose(again.vectors, fresh.vectors, atol=1e-6)
+    np.testing.assert_array_equal(again.vectors[:3], first.vectors)
+    warnings = [line for line in capsys.readouterr().out.splitlines() if "damaged" in line]
+    assert len(warnings) == 1 and "5 damaged parts" in warnings[0] and "embedded again" in warnings[0]
+    assert not any((folder / name).exists() for name in damaged)
+    third = embed_images(encoder, images[:6], cache_dir=cache, num_workers=0, show_progress=False)
+    assert third.from_cache == 6 and "damaged" not in capsys.readouterr().out
+
+
+KILLED_WHILE_WRITING = """
+import os, signal, sys
+import numpy as np
+sys.path.insert(0, {project!r})
+from toolkit.retrieval.embed import EmbeddingCache
+
+def half_then_killed(file, **arrays):
+    stream = file if hasattr(file, "write") else open(file, "wb")
+    stream.write(b"PK\\x03\\x04" + bytes(500))           # the start of a zip, and no more
+    stream.flush()
+    os.kill(os.getpid(), signal.SIGKILL)
+
+np.savez = half_then_killed
+EmbeddingCache({root!r}, "fingerprint").put(["a", "b"], np.ones((2, 4), np.float32))
+"""
+
+
+def test_a_process_killed_while_writing_a_part_leaves_nothing_a_reader_trips_on(tmp_path):
+    script = tmp_path / "killed.py"
+    script.write_text(KILLED_WHILE_WRITING.format(project=str(PROJECT), root=str(tmp_path / "cache")))
+    killed = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert list((tmp_path / "cache" / "fingerprint").iterdir())            # it left its half-written file
+    cache = EmbeddingCache(tmp_path / "cache", "fingerprint")
+    assert len(cache) == 0 and cache.get("a") is None
+    cache.put(["c"], np.ones((1, 4), np.float32))
+    assert len(EmbeddingCache(tmp_path / "cache", "fingerprint")) == 1
+
+
+def test_a_cache_that_cannot_be_written_is_a_warning_and_the_vectors_are_used(encoder, images, tmp_path, capsys):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    (cache / encoder.fingerprint).write_text("a file where the cache folder should be")
+    result = embed_images(encoder, images[:3], cache_dir=cache, num_workers=0, show_progress=False)
+    reference = embed_images(encoder, images[:3], cache_dir=tmp_path / "good", num_workers=0, show_progress=False)
+    np.testing.assert_allclose(result.vectors, reference.vectors, atol=1e-6)
+    assert "not written" in capsys.readouterr().out
+
+
+class InterruptedOnThirdBatch:
+    """Wraps an encoder: a real SIGINT to this process while the third batch is encoded."""
+
+    def __init__(self, encoder):
+        self.encoder, self.batches = encoder, 0
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def encode(self, batch):
+        self.batches += 1
+        if self.batches == 3:
+            os.kill(os.getpid(), signal.SIGINT)
+        return self.encoder.encode(batch)
+
+
+def test_ctrl_c_while_workers_embed_stops_them_at_once_and_keeps_what_was_computed(encoder, images, tmp_path):
+    interrupted = InterruptedOnThirdBatch(encoder)
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(interrupted, images, cache_dir=tmp_path / "cache", num_workers=2, show_progress=False)
+    assert multiprocessing.active_children() == []          # stopped before the interrupt left embed_images
+    kept = EmbeddingCache(tmp_path / "cache", encoder.fingerprint)
+    assert len(kept) == 2 * encoder.batch_size              # the two batches encoded before it
+    again = embed_images(encoder, images, cache_dir=tmp_path / "cache", num_workers=2, show_progress=False)
+    assert (again.from_cache, again.computed) == (2 * encoder.batch_size, len(images) - 2 * encoder.batch_size)
 
 
 def test_file_digest_depends_on_bytes_only(tmp_path):

@@ -9,12 +9,14 @@ A DerivedEncoder (e.g. an adapter) is served from its base's embeddings.
 The cache is keyed by (encoder fingerprint [+ ":flip"], file content hash), so a renamed or moved
 file is still a hit and an edited file is not; a second run over the same images re-embeds
 nothing. Unreadable files are embedded as a grey placeholder (a query must still be answered),
-reported by name, and never cached.
+reported by name, and never cached. What was computed before a Ctrl-C (or the end of the time) is
+cached on the way out, and the worker processes are stopped at once (toolkit.machine.interrupts).
 """
 from __future__ import annotations
 
 import hashlib
 import os
+from collections import Counter
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -23,12 +25,18 @@ from typing import Sequence
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit.retrieval.encoder import DerivedEncoder, Encoder, l2_normalise
-from toolkit.machine.console import console
+from toolkit.machine.console import console, warn
+from toolkit.machine.interrupts import interrupts_deferred, worker_batches
 from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
+
+PARTS = "part-*.npz"                # the cache's parts; nothing else in its folder is read
+WRITING = ".writing-"               # a part being written has this prefix until it is whole
+STALE_SECONDS = 3600.0              # a part-in-writing this old was left by a process that died
 
 
 def default_cache_dir() -> Path:
@@ -45,7 +53,11 @@ def file_digest(path: Path) -> str:
 
 
 class EmbeddingCache:
-    """Embeddings of one encoder fingerprint, stored as append-only .npz parts in one folder."""
+    """Embeddings of one encoder fingerprint, stored as append-only .npz parts in one folder.
+
+    A part is written under a name the reader never looks at, then moved into place, so it is whole
+    or absent. One that is damaged all the same (a disk fault, a leftover of an older version) is
+    skipped and removed with one warning, and its images are embedded again."""
 
     def __init__(self, root: Path, fingerprint: str):
         self.folder = Path(root) / fingerprint
@@ -53,13 +65,23 @@ class EmbeddingCache:
 
     def _load(self) -> dict[str, np.ndarray]:
         if self._vectors is None:
-            self._vectors = {}
-            for part in sorted(self.folder.glob("part-*.npz")):
-                try:
-                    with np.load(part) as stored:
-                        self._vectors.update(zip(stored["keys"].tolist(), stored["vectors"]))
-                except (OSError, ValueError, KeyError):  # a damaged part is ignored, not fatal
-                    continue
+            parts = {part: _read_part(part) for part in sorted(self.folder.glob(PARTS))}
+            widths = Counter()             # a part of another width than most vectors is damaged too
+            for stored in filter(None, parts.values()):
+                widths[stored[1].shape[1]] += len(stored[0])
+            width = widths.most_common(1)[0][0] if widths else None
+            self._vectors, damaged = {}, []
+            for part, stored in parts.items():
+                if stored is None or stored[1].shape[1] != width:
+                    damaged.append(part)
+                else:
+                    self._vectors.update(zip(*stored))
+            if damaged:
+                _remove(damaged)
+                names = ", ".join(part.name for part in damaged[:3]) + (", ..." if len(damaged) > 3 else "")
+                warn(escape(f"embedding cache {self.folder}: skipped and removed {len(damaged)} damaged "
+                            f"part{'s' if len(damaged) > 1 else ''} ({names}); their images are embedded again"))
+            _remove([part for part in self.folder.glob(WRITING + "*") if _age(part) > STALE_SECONDS])
         return self._vectors
 
     def get(self, key: str) -> np.ndarray | None:
@@ -69,14 +91,52 @@ class EmbeddingCache:
         return len(self._load())
 
     def put(self, keys: Sequence[str], vectors: np.ndarray) -> None:
+        """Add embeddings as a part of their own; a cache that cannot be written is a warning (the
+        vectors are still used in this run)."""
         if not len(keys):
             return
-        self.folder.mkdir(parents=True, exist_ok=True)
-        part = self.folder / f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
-        temporary = part.with_name(part.name + ".tmp.npz")
-        np.savez(temporary, keys=np.array(list(keys)), vectors=np.asarray(vectors, dtype=np.float32))
-        os.replace(temporary, part)
-        self._load().update(zip(keys, np.asarray(vectors, dtype=np.float32)))
+        vectors = np.asarray(vectors, dtype=np.float32)
+        self._load().update(zip(keys, vectors))
+        name = f"part-{time.strftime('%Y%m%d%H%M%S')}-{uuid.uuid4().hex[:8]}.npz"
+        writing = self.folder / (WRITING + name)
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            with open(writing, "wb") as stream:
+                np.savez(stream, keys=np.array(list(keys)), vectors=vectors)
+            os.replace(writing, self.folder / name)
+        except OSError as error:
+            warn(escape(f"embedding cache {self.folder} not written ({error.strerror or error}); "
+                        "these embeddings are used but not kept"))
+        finally:
+            _remove([writing])          # after a failure or a Ctrl-C mid-write: no half part left
+
+
+def _read_part(part: Path) -> tuple[list[str], np.ndarray] | None:
+    """A part's keys and (n, d) finite float vectors; None when it is damaged in any way."""
+    try:
+        with np.load(part) as stored:
+            keys, vectors = stored["keys"], stored["vectors"]
+    except Exception:   # noqa: BLE001 - whatever a damaged file makes zipfile or numpy raise
+        return None
+    if keys.ndim != 1 or keys.dtype.kind != "U" or vectors.ndim != 2 or len(keys) != len(vectors) \
+            or vectors.dtype.kind != "f" or not np.isfinite(vectors).all():
+        return None
+    return keys.tolist(), vectors.astype(np.float32)
+
+
+def _age(path: Path) -> float:
+    try:
+        return time.time() - path.stat().st_mtime
+    except OSError:
+        return 0.0
+
+
+def _remove(paths: Sequence[Path]) -> None:
+    for path in paths:
+        try:
+            path.unlink(missing_ok=True)
+        except OSError:
+            pass
 
 
 @dataclass
@@ -200,25 +260,28 @@ def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None
                             collate_fn=_Collate(encoder), pin_memory=encoder.device.type == "cuda",
                             prefetch_factor=4 if workers else None, persistent_workers=False)
         new_keys, new_vectors = [], []
-        with progress_bar(transient=not show_progress) as progress:
-            task = progress.add_task(description, total=len(todo), visible=show_progress)
-            for batch_indices, batch, decode_problems in loader:
-                if flip_tta:
-                    vectors = l2_normalise(_plain_vectors(encoder, batch, [keys[todo[position]] for position in
-                                                                           batch_indices], plain_cache)
-                                           + encoder.encode(encoder.flip(batch)))
-                else:
-                    vectors = encoder.encode(batch)
-                for position, problem, vector in zip(batch_indices, decode_problems, vectors):
-                    index = todo[position]
-                    rows[index] = vector
-                    if problem:
-                        problems[index] = problem
+        try:
+            with progress_bar(transient=not show_progress) as progress, worker_batches(loader) as batches:
+                task = progress.add_task(description, total=len(todo), visible=show_progress)
+                for batch_indices, batch, decode_problems in batches:
+                    if flip_tta:
+                        vectors = l2_normalise(_plain_vectors(encoder, batch, [keys[todo[position]] for position in
+                                                                               batch_indices], plain_cache)
+                                               + encoder.encode(encoder.flip(batch)))
                     else:
-                        new_keys.append(keys[index])
-                        new_vectors.append(vector)
-                progress.advance(task, len(batch_indices))
-        cache.put(new_keys, np.stack(new_vectors) if new_vectors else np.zeros((0, 0), np.float32))
+                        vectors = encoder.encode(batch)
+                    for position, problem, vector in zip(batch_indices, decode_problems, vectors):
+                        index = todo[position]
+                        rows[index] = vector
+                        if problem:
+                            problems[index] = problem
+                        else:
+                            new_keys.append(keys[index])
+                            new_vectors.append(vector)
+                    progress.advance(task, len(batch_indices))
+        finally:    # what was computed is kept, also when interrupted or out of time
+            with interrupts_deferred():
+                cache.put(new_keys, np.stack(new_vectors) if new_vectors else np.zeros((0, 0), np.float32))
 
     vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
     return Embeddings(paths=paths, vectors=vectors, problems=problems, from_cache=len(paths) - len(todo),

@@ -1,0 +1,181 @@
+"""Ctrl-C, handled in one place: what a command says when it is interrupted, blocks that a Ctrl-C
+must not cut in half, and DataLoader workers that leave Ctrl-C to the main process.
+
+    @interruptible("nothing was written")        # Ctrl-C: one line "interrupted: ...", exit code 130
+    raise Interrupted("best so far written to x")  # what was kept, said by the code that knows it
+    with holding_interrupts() as pressed: ...     # Ctrl-C waits until the block is done
+    with worker_batches(loader) as batches: ...   # workers ignore Ctrl-C; stopped at once on the way out
+
+A terminal's Ctrl-C sends SIGINT to every process in the foreground group: the command and its
+DataLoader workers. The workers ignore it (so none prints a traceback or dies holding a queue's
+lock), the main process raises KeyboardInterrupt where it is, the code on the way out keeps what
+is finished and stops the workers, and the command says what it kept in one line.
+"""
+from __future__ import annotations
+
+import functools
+import signal
+import threading
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+from rich.markup import escape
+
+from toolkit.machine.console import console
+
+EXIT_CODE = 130                 # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
+WORKER_GRACE_SECONDS = 0.2      # a DataLoader worker told to stop has this long before it is terminated
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what was kept (e.g. "best so far written to x.json"): the line the command prints."""
+
+    def __init__(self, kept: str):
+        super().__init__(kept)
+        self.kept = kept
+
+
+def interruptible(kept: str) -> Callable[[Callable], Callable]:
+    """Decorate a command: the first Ctrl-C raises KeyboardInterrupt where it lands; later ones, while
+    the code on the way out keeps what is finished, are ignored; then one line "interrupted: <kept>"
+    (or what an Interrupted says it kept) and exit code 130."""
+    def decorate(body: Callable) -> Callable:
+        @functools.wraps(body)
+        def command(*args: Any, **kwargs: Any) -> Any:
+            with _first_press_only():
+                try:
+                    return body(*args, **kwargs)
+                except Interrupted as interrupted:
+                    said = interrupted.kept
+                except KeyboardInterrupt:
+                    said = kept
+                with holding_interrupts():
+                    console.print(f"[yellow]interrupted:[/yellow] {escape(said)}", soft_wrap=True)
+            raise SystemExit(EXIT_CODE)
+        return command
+    return decorate
+
+
+def _in_main_thread() -> bool:
+    return threading.current_thread() is threading.main_thread()
+
+
+def _ignore(signum: int, frame: Any) -> None:
+    """SIGINT after the first: the command is already stopping."""
+
+
+def _first_press(signum: int, frame: Any) -> None:
+    signal.signal(signal.SIGINT, _ignore)
+    raise KeyboardInterrupt
+
+
+@contextmanager
+def _first_press_only() -> Iterator[None]:
+    if not _in_main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, _first_press)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+@contextmanager
+def holding_interrupts() -> Iterator[list]:
+    """Hold Ctrl-C (SIGINT) while the block runs, so that it cannot leave a write half done.
+    Yields a list that is non-empty once Ctrl-C was pressed; the caller decides what that means."""
+    pressed: list[bool] = []
+    if not _in_main_thread():
+        yield pressed
+        return
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(True))
+    try:
+        yield pressed
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+
+
+def _deliver_held_press() -> None:
+    """A Ctrl-C that was held, handled now as the SIGINT handler in force says (usually: raised)."""
+    handler = signal.getsignal(signal.SIGINT)
+    if callable(handler):
+        handler(signal.SIGINT, None)
+
+
+@contextmanager
+def interrupts_deferred() -> Iterator[None]:
+    """Hold Ctrl-C while the block runs, then handle it (unless the block raised something already)."""
+    with holding_interrupts() as pressed:
+        yield
+    if pressed:
+        _deliver_held_press()
+
+
+# --- DataLoader workers ---------------------------------------------------------------------------
+
+
+class _WorkerIgnoresInterrupts:
+    """A DataLoader worker's first step: ignore SIGINT (the main process stops it), then the
+    loader's own worker_init_fn. Top-level and picklable, as worker_init_fn must be."""
+
+    def __init__(self, then: Callable[[int], None] | None):
+        self.then = then
+
+    def __call__(self, worker_id: int) -> None:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # held since the fork: see worker_batches
+        if self.then is not None:
+            self.then(worker_id)
+
+
+@contextmanager
+def worker_batches(loader) -> Iterator[Iterator]:
+    """Iterate a torch DataLoader whose workers ignore Ctrl-C, and stop them at once when the block
+    ends early (Ctrl-C, out of time, an error) rather than waiting up to 5 s for each.
+
+    The workers start with SIGINT held (caught and blocked while they are forked or spawned), so
+    not even a Ctrl-C during their start reaches them; one pressed meanwhile is raised here after."""
+    if not loader.num_workers:
+        yield iter(loader)
+        return
+    if not isinstance(loader.worker_init_fn, _WorkerIgnoresInterrupts):
+        loader.worker_init_fn = _WorkerIgnoresInterrupts(loader.worker_init_fn)
+    with holding_interrupts() as pressed, _sigint_blocked():
+        batches = iter(loader)
+    try:
+        if pressed:
+            _deliver_held_press()
+        yield batches
+    except BaseException:
+        _stop_workers(batches)
+        raise
+
+
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread (children started meanwhile inherit the mask); a signal that
+    arrives meanwhile is delivered when the block ends."""
+    if not _in_main_thread():
+        yield
+        return
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
+def _stop_workers(batches) -> None:
+    """Stop a multi-process DataLoader iterator's workers now. torch's own shutdown tells them to
+    stop, waits MP_STATUS_CHECK_INTERVAL (5 s) for each, then terminates those still running; it has
+    no public call with a shorter wait, so its interval is shortened for this one call."""
+    from torch.utils.data import _utils
+
+    usual = _utils.MP_STATUS_CHECK_INTERVAL
+    _utils.MP_STATUS_CHECK_INTERVAL = WORKER_GRACE_SECONDS
+    try:
+        with holding_interrupts():
+            batches._shutdown_workers()
+    finally:
+        _utils.MP_STATUS_CHECK_INTERVAL = usual
