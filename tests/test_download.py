@@ -7,12 +7,14 @@ import io
 import os
 import socket
 import tarfile
+import time
 import zipfile
 from pathlib import Path
 
 import pytest
 
 from tests.archive_server import ArchiveServer
+from tests.drip_server import DripServer
 from tests.test_tasks import invoke
 from toolkit.data import fetch as fetch_module
 from toolkit.data.download import DownloadError, download
@@ -267,3 +269,28 @@ def test_invoke_download_from_the_command_line(server, tmp_path):
     missing = invoke("download", server.url("/nope.zip"), cwd=tmp_path)
     assert missing.returncode == 1 and "error:" in missing.stdout and "404" in missing.stdout
     assert "Traceback" not in missing.stdout + missing.stderr
+
+
+# --- a deadline on every transfer: a stall limit and a total limit -----------------------------------
+
+
+@pytest.mark.parametrize("head", [b"HTTP/1.1 200 OK\r\nX-Slow: ", DripServer.headers(10**9)], ids=["headers", "body"])
+def test_a_server_that_drips_forever_is_given_up_on_when_it_stalls(data_root, head):
+    with DripServer(head, drip=b"a", every=0.1) as server:
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=r"stalled: less than 64.0 KB in 1 s") as caught:
+            download(server.url("/comp.zip"), data_root=data_root, timeout=(2.0, 1.0), show_progress=False)
+        waited = time.monotonic() - started
+    assert waited < 1 + 10                       # the stall limit, not one read timeout per byte
+    assert "\n" not in str(caught.value) and not (data_root / "comp").exists()
+
+
+def test_a_transfer_that_keeps_moving_still_ends_at_the_total_limit(data_root):
+    with DripServer(DripServer.headers(10**9), drip=b"x" * 70_000, every=0.1) as server:
+        started = time.monotonic()
+        with pytest.raises(DownloadError, match=r"took longer than the 2 s allowed.*run the same command again"):
+            download(server.url("/comp.zip"), data_root=data_root, timeout=(2.0, 1.0), show_progress=False,
+                     max_seconds=2)
+        waited = time.monotonic() - started
+    assert waited < 2 + 10
+    assert (data_root / "comp.part").stat().st_size > 70_000       # what came is kept, to resume

@@ -26,8 +26,10 @@ import requests
 from rich.markup import escape
 
 from toolkit.data.dataset import CompetitionData, LayoutError, describe, find_competition
-from toolkit.data.fetch import (DEFAULT_TIMEOUT, DownloadError, Place, Source, describe_connection_error,
-                                drive_file_id, fetch_part, new_session, open_source, reject, resolve_url)
+from toolkit.data.fetch import (DEFAULT_TIMEOUT, MAX_DOWNLOAD_SECONDS, DownloadError, Place, Source,
+                                describe_connection_error, drive_file_id, fetch_part, new_session, open_source,
+                                reject, resolve_url, transfer_deadline)
+from toolkit.data.http_deadline import Deadline, limit_session
 from toolkit.data.unpack import MARKER_NAME, UnsafeArchive, archive_format, read_marker, safe_unpack
 from toolkit.machine.console import console, human_size
 
@@ -115,7 +117,7 @@ def _finished(place: Place, source: Source, expected: str | None) -> DownloadRes
 
 def _keep_archive(session: requests.Session, source: Source, place: Place, response: requests.Response | None,
                   expected: str | None, timeout: tuple[float, float], show_progress: bool,
-                  result: DownloadResult) -> Path:
+                  result: DownloadResult, deadline: Deadline) -> Path:
     """Download (or resume) into T.part, check it, and keep it as T.<format suffix>."""
     state = place.read_state(source.key)
     if state.get("complete") and state.get("suffix") and place.archive(state["suffix"]).is_file():
@@ -127,7 +129,7 @@ def _keep_archive(session: requests.Session, source: Source, place: Place, respo
         console.print(f"{escape(str(archive))} was downloaded before; unpacking it again")
         result.sha256 = state["sha256"]
         return archive
-    fetched = fetch_part(session, source, place, state, response, expected, timeout, show_progress)
+    fetched = fetch_part(session, source, place, state, response, expected, timeout, show_progress, deadline)
     result.downloaded_bytes, result.resumed_from = fetched.downloaded_bytes, fetched.resumed_from
     kind, suffix = archive_format(place.part)
     if suffix is None:
@@ -159,33 +161,38 @@ def _normalise_sha256(sha256: str | None) -> str | None:
 
 def download(url: str, to: str | os.PathLike | None = None, sha256: str | None = None,
              data_root: str | os.PathLike = "data", timeout: tuple[float, float] = DEFAULT_TIMEOUT,
-             show_progress: bool = True, session: requests.Session | None = None) -> DownloadResult:
+             show_progress: bool = True, session: requests.Session | None = None,
+             max_seconds: float | None = MAX_DOWNLOAD_SECONDS) -> DownloadResult:
     """Download *url* into the folder *to* (default ``data_root/<name>``), check it and unpack it.
 
-    See the module docstring for the steps. Returns a DownloadResult (``already=True`` when a
-    finished download was found and nothing was done); raises DownloadError with a one-line message.
+    See the module docstring for the steps. *timeout* is (connect, idle) seconds: a transfer that
+    brings less than 64 KB in the idle time has stalled; *max_seconds* bound the whole transfer
+    (*session*, if given, is put under that deadline). Returns a DownloadResult (``already=True``
+    when a finished download was found and nothing was done); raises DownloadError with a one-line
+    message.
     """
     source = resolve_url(url)
     expected = _normalise_sha256(sha256)
-    session = session or new_session()
     name = _name_from_url(source)
     target = Path(to) if to else (Path(data_root) / name if name else None)
-    response = None
     if target is not None:
         done = _finished(Place(target), source, expected)
         if done is not None:
             return done
-    else:                                   # the name comes from the server (Drive links)
-        response = open_source(session, source, 0, None, timeout)
-        target = Path(data_root) / _name_from_response(response, source)
-        done = _finished(Place(target), source, expected)
-        if done is not None:
-            response.close()
-            return done
-    place = Place(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    result = DownloadResult(folder=target, archive=None, sha256="")
-    archive = _keep_archive(session, source, place, response, expected, timeout, show_progress, result)
+    with transfer_deadline(timeout, max_seconds) as deadline:
+        session = limit_session(session or new_session(), deadline)
+        response = None
+        if target is None:                  # the name comes from the server (Drive links)
+            response = open_source(session, source, 0, None, timeout, deadline)
+            target = Path(data_root) / _name_from_response(response, source)
+            done = _finished(Place(target), source, expected)
+            if done is not None:
+                response.close()
+                return done
+        place = Place(target)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        result = DownloadResult(folder=target, archive=None, sha256="")
+        archive = _keep_archive(session, source, place, response, expected, timeout, show_progress, result, deadline)
     result.archive = archive
     marker = {"url": source.original, "source": source.key, "archive": archive.name,
               "sha256": result.sha256, "bytes": archive.stat().st_size,
@@ -194,4 +201,3 @@ def download(url: str, to: str | os.PathLike | None = None, sha256: str | None =
     place.state_file.unlink(missing_ok=True)
     _check_layout(result)
     return result
-

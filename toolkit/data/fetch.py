@@ -6,6 +6,10 @@ A broken transfer keeps ``T.part``; the next call asks for the rest with ``Range
 remembers the source, so a ``.part`` of another URL is never continued. Drive links go to the direct
 download endpoint and through its "can't scan this file for viruses" page. The SHA-256 is always
 computed; an expected one that does not match renames the file ``.bad``.
+
+Every exchange runs under one toolkit.data.http_deadline.Deadline made by the caller (see
+`transfer_deadline`): a transfer that brings less than 64 KB in the idle time (the read timeout)
+is stalled, and the whole download has a total limit, both ending with the ``.part`` kept.
 """
 from __future__ import annotations
 
@@ -25,12 +29,16 @@ from rich.markup import escape
 from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, TimeRemainingColumn,
                            TransferSpeedColumn)
 
+from toolkit.data.http_deadline import Deadline
 from toolkit.machine.console import console, human_size, warn
 
 #: Where a Google Drive file id is downloaded from (tests point it at a loopback server).
 DRIVE_DOWNLOAD_ENDPOINT = "https://drive.google.com/uc"
-#: (connect, read) seconds: a dead network fails instead of hanging.
+#: (connect, idle) seconds: a dead network fails instead of hanging, and so does a transfer that
+#: brings less than 64 KB in the idle time.
 DEFAULT_TIMEOUT = (10.0, 60.0)
+#: Seconds a whole download may take (a 20 GB archive at 1 MB/s takes under 6 hours).
+MAX_DOWNLOAD_SECONDS = 24 * 3600.0
 CHUNK_BYTES = 1 << 20
 _DRIVE_HOSTS = ("drive.google.com", "docs.google.com", "drive.usercontent.google.com")
 _USER_AGENT = "retrieval-race-download/1"
@@ -129,8 +137,30 @@ _HTTP_HINTS = {
 }
 
 
+def transfer_deadline(timeout: tuple[float, float] = DEFAULT_TIMEOUT,
+                      max_seconds: float | None = MAX_DOWNLOAD_SECONDS) -> Deadline:
+    """The deadline a download's exchanges run under: *max_seconds* in all, and the idle time of
+    *timeout* (its read part) without 64 KB arriving."""
+    return Deadline(max_seconds, idle=timeout[1])
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 3600:g} h" if seconds >= 3600 else f"{seconds:g} s"
+
+
+def out_of_time(deadline: Deadline, what: str, then: str) -> DownloadError | None:
+    """Once *deadline* has passed, the DownloadError saying that *what* stalled or took too long,
+    and *then* what to do; None while time is left."""
+    if deadline.expired == "idle":
+        return DownloadError(f"{what} stalled: less than {human_size(deadline.min_progress)} in "
+                             f"{_duration(deadline.idle)}; {then}")
+    if deadline.expired == "total":
+        return DownloadError(f"{what} took longer than the {_duration(deadline.seconds)} allowed; {then}")
+    return None
+
+
 def _get(session: requests.Session, url: str, start: int, validator: str | None,
-         timeout: tuple[float, float]) -> requests.Response:
+         timeout: tuple[float, float], deadline: Deadline) -> requests.Response:
     headers = {"Accept-Encoding": "identity"}    # byte offsets must count the file as stored
     if start:
         headers["Range"] = f"bytes={start}-"
@@ -139,20 +169,36 @@ def _get(session: requests.Session, url: str, start: int, validator: str | None,
     host = urlsplit(url).netloc
     try:
         response = session.get(url, headers=headers, stream=True, timeout=timeout, allow_redirects=True)
-    except requests.exceptions.SSLError as error:
-        raise DownloadError(f"{host}: TLS/SSL error ({describe_connection_error(error)})") from None
-    except requests.exceptions.Timeout:
-        raise DownloadError(f"{host}: no answer within {timeout[0]:.0f} s; check the network and the link") from None
-    except requests.exceptions.ConnectionError as error:
-        raise DownloadError(f"cannot reach {host}: {describe_connection_error(error)}") from None
     except requests.exceptions.RequestException as error:
-        raise DownloadError(f"{url}: {describe_connection_error(error)}") from None
+        raise _request_error(host, url, error, timeout, deadline) from None
+    late = out_of_time(deadline, f"{host}: the answer", _TRY_AGAIN)
+    if late is not None:                # the connection was shut before the answer's headers ended
+        response.close()
+        raise late
+    deadline.restart_idle()
     if response.status_code >= 400 and response.status_code != 416:
         response.close()
         hint = _HTTP_HINTS.get(response.status_code, "the server refused the request")
         raise DownloadError(f"{url}: HTTP {response.status_code} {response.reason or ''}".rstrip()
                             + f" ({hint})")
     return response
+
+
+_TRY_AGAIN = "check the network and the link, and run the same command again"
+
+
+def _request_error(host: str, url: str, error: requests.exceptions.RequestException, timeout: tuple[float, float],
+                   deadline: Deadline) -> DownloadError:
+    late = out_of_time(deadline, f"{host}: the answer", _TRY_AGAIN)
+    if late is not None:
+        return late
+    if isinstance(error, requests.exceptions.SSLError):
+        return DownloadError(f"{host}: TLS/SSL error ({describe_connection_error(error)})")
+    if isinstance(error, requests.exceptions.Timeout):
+        return DownloadError(f"{host}: no answer within {timeout[0]:.0f} s; check the network and the link")
+    if isinstance(error, requests.exceptions.ConnectionError):
+        return DownloadError(f"cannot reach {host}: {describe_connection_error(error)}")
+    return DownloadError(f"{url}: {describe_connection_error(error)}")
 
 
 class _ConfirmPage(html.parser.HTMLParser):
@@ -184,9 +230,9 @@ def _is_web_page(response: requests.Response) -> bool:
     return response.headers.get("Content-Type", "").lower().startswith("text/html")
 
 
-def _drive_confirm_url(response: requests.Response, source: Source) -> str:
-    """The URL behind Google Drive's "can't scan this file for viruses" page."""
-    page = response.content.decode(response.encoding or "utf-8", errors="replace")
+def _drive_confirm_url(response: requests.Response, content: bytes, source: Source) -> str:
+    """The URL behind Google Drive's "can't scan this file for viruses" page (*content*)."""
+    page = content.decode(response.encoding or "utf-8", errors="replace")
     parser = _ConfirmPage()
     parser.feed(page)
     for attributes, inputs in parser.forms:
@@ -210,15 +256,25 @@ def _drive_confirm_url(response: requests.Response, source: Source) -> str:
 
 
 def open_source(session: requests.Session, source: Source, start: int, validator: str | None,
-          timeout: tuple[float, float]) -> requests.Response:
-    """The response carrying the file (Drive's confirmation pages followed), from byte *start*."""
+                timeout: tuple[float, float], deadline: Deadline) -> requests.Response:
+    """The response carrying the file (Drive's confirmation pages followed), from byte *start*.
+    *session* runs under *deadline* (toolkit.data.http_deadline.limit_session)."""
     url = source.url
     for _ in range(4):
-        response = _get(session, url, start, validator, timeout)
+        response = _get(session, url, start, validator, timeout, deadline)
         if not (source.drive_id and _is_web_page(response)):
             return response
-        url = _drive_confirm_url(response, source)
-        response.close()
+        host = urlsplit(url).netloc
+        try:
+            page = response.content          # read whole here (and shut if it drips)
+        except requests.exceptions.RequestException as error:
+            raise _request_error(host, url, error, timeout, deadline) from None
+        finally:
+            response.close()
+        late = out_of_time(deadline, f"{host}: the answer", _TRY_AGAIN)
+        if late is not None:
+            raise late
+        url = _drive_confirm_url(response, page, source)
     raise DownloadError(f"{source.original}: Google Drive kept answering with confirmation pages")
 
 
@@ -292,18 +348,19 @@ class Fetched:
 
 def fetch_part(session: requests.Session, source: Source, place: Place, state: dict,
                response: requests.Response | None, expected: str | None, timeout: tuple[float, float],
-               show_progress: bool) -> Fetched:
+               show_progress: bool, deadline: Deadline) -> Fetched:
     """Download (or resume) *source* into place.part and check it against the *expected* SHA-256.
 
     *state* is place's state (read_state), kept up to date for a later resume; *response*, when
-    given, is an answer from byte 0 opened before the target was known."""
+    given, is an answer from byte 0 opened before the target was known; *session* runs under
+    *deadline* (transfer_deadline)."""
     start = place.part.stat().st_size if place.part.is_file() else 0
     if response is not None and start:
         response.close()    # opened before the target was known: ask again, from the offset
         response = None
     while True:
         if response is None:
-            response = open_source(session, source, start, state.get("validator"), timeout)
+            response = open_source(session, source, start, state.get("validator"), timeout, deadline)
         first, total = _content_range(response)
         if not start or (response.status_code == 206 and first == start):
             break
@@ -333,7 +390,7 @@ def fetch_part(session: requests.Session, source: Source, place: Place, state: d
             place.write_state(state)
             _warn_if_short_of_disk(place.target.parent, (total or 0) - start)
             digest = _sha256_of(place.part) if start else hashlib.sha256()
-            received = _stream(response, place.part, start, total, digest, show_progress)
+            received = _stream(response, place.part, start, total, digest, show_progress, deadline)
             downloaded = received - start
     if total is not None and received != total:
         raise DownloadError(f"the transfer ended after {human_size(received)} of {human_size(total)}; run the same "
@@ -346,23 +403,30 @@ def fetch_part(session: requests.Session, source: Source, place: Place, state: d
 
 
 def _stream(response: requests.Response, part: Path, start: int, total: int | None, digest,
-            show_progress: bool) -> int:
-    """Append the body to *part*; returns its size afterwards. A cut connection is a DownloadError."""
+            show_progress: bool, deadline: Deadline) -> int:
+    """Append the body to *part*; returns its size afterwards. A cut connection, a stall or the
+    total limit passing is a DownloadError. Read in pieces of the deadline's least progress, so
+    each piece that comes restarts its idle time."""
     received = start
+    of = f" of {human_size(total)}" if total else ""
+    then = f"run the same command again to resume ({part} is kept)"
     with _progress(show_progress) as progress, open(part, "ab" if start else "wb") as sink:
         task = progress.add_task(escape(part.name.removesuffix(".part")), total=total, completed=start)
         try:
-            for chunk in response.raw.stream(CHUNK_BYTES, decode_content=False):
+            for chunk in response.raw.stream(deadline.min_progress, decode_content=False):
                 sink.write(chunk)
                 digest.update(chunk)
                 received += len(chunk)
+                deadline.progressed(len(chunk))
                 progress.update(task, completed=received)
         except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as error:
             sink.flush()
-            of = f" of {human_size(total)}" if total else ""
-            raise DownloadError(f"the connection broke after {human_size(received)}{of} "
-                                f"({describe_connection_error(error)}); run the same command again to resume "
-                                f"({part} is kept)") from None
+            late = out_of_time(deadline, f"the transfer, after {human_size(received)}{of},", then)
+            raise late or DownloadError(f"the connection broke after {human_size(received)}{of} "
+                                        f"({describe_connection_error(error)}); {then}") from None
+    late = out_of_time(deadline, f"the transfer, after {human_size(received)}{of},", then)
+    if late is not None:                 # shut while reading a body of unknown length: not all of it
+        raise late
     return received
 
 

@@ -24,7 +24,7 @@ import requests
 from requests.adapters import HTTPAdapter
 from urllib3.connectionpool import HTTPConnectionPool, HTTPSConnectionPool
 
-MIN_PROGRESS_BYTES = 64 * 1024
+MIN_PROGRESS_BYTES = 64_000
 _SHORTEST_TIMEOUT = 0.001           # a socket timeout of 0 would mean "do not block" instead
 
 
