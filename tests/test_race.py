@@ -160,3 +160,24 @@ def test_auto_gallery_pattern_is_detected_and_handed_to_the_strategies(tmp_path,
     assert len(validation) < len(competition.training)
     assert all(item.path.stem.endswith("_s") for item in result.split.gallery if item.label in
                {query.label for query in result.split.queries})
+
+
+def test_a_trained_run_ranks_the_test_with_its_folds_encoders_fused(tmp_path, synthetic_competition):
+    import numpy as np
+
+    from toolkit.retrieval.ranking import rank_gallery
+    from toolkit.submit.submission import build_submission
+
+    competition = find_competition(synthetic_competition)
+    adapter = ("adapter", {"base": "cnn-zs[pretrained=false,image_size=64]", "steps": 30, "evaluate_every": 10})
+    result = race(competition, [adapter], submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+                  num_workers=0, show_progress=False, ensemble_size=0, flip_tta=False)
+    [run] = result.runs
+    folds = len(result.yardstick.folds)
+    assert run.status == "finished" and folds > 1
+    validation, test = run.vectors.validation, run.vectors.test
+    assert len(validation) == folds and test.vectors.shape[1] == folds * validation[0].vectors.shape[1]
+    assert np.allclose(np.linalg.norm(test.vectors, axis=1), 1.0, atol=1e-5)
+    assert any("folds' encoders fused" in note for note in run.notes)
+    indices = rank_gallery(test, len(competition.queries), run.post_processing, 10)
+    assert load_submission(run.submission) == build_submission(competition.queries, competition.gallery, indices)

@@ -92,6 +92,23 @@ def test_few_identities_get_more_folds_none_held_out_twice():
     assert len(make_validation_folds(many, held_out_fraction=0.2, seed=0, min_identities=20)) == 1
 
 
+def test_a_split_with_few_queries_gets_more_folds_counted_after_shaping():
+    from toolkit.data.split import make_validation_folds, without_queries_of
+
+    many = _training({f"id{n:03d}": 3 for n in range(150)})        # 30 held out, 60 queries a fold
+    [one] = make_validation_folds(many, held_out_fraction=0.2, seed=0, min_identities=20)
+    folds = make_validation_folds(many, held_out_fraction=0.2, seed=0, min_identities=20, min_queries=100)
+    assert folds[0] == one and len(folds) > 1
+    assert sum(len(fold.queries) for fold in folds) >= 100
+    assert sum(len(fold.queries) for fold in folds[:-1]) < 100     # no more folds than it takes
+    # the queries are counted after shaping: leaving out some identities' queries takes more folds
+    left_out = {f"id{n:03d}" for n in range(0, 150, 2)}
+    shaped = make_validation_folds(many, held_out_fraction=0.2, seed=0, min_identities=1, min_queries=100,
+                                   shape=lambda fold: without_queries_of(fold, left_out))
+    assert len(shaped) > len(folds)
+    assert not {item.label for fold in shaped for item in fold.queries} & left_out
+
+
 def test_roles_are_the_same_in_every_fold_and_in_the_role_split():
     from toolkit.data.split import make_validation_folds, role_split
 

@@ -1,7 +1,7 @@
 """Where runs are scored and where their choices are made.
 
-- The yardstick: identity-disjoint folds (one split, or more folds when few identities are held
-  out). Every run, zero-shot, trained or ensemble, is scored on the same folds, pooled, so runs
+- The yardstick: identity-disjoint folds (one split, or more folds when it holds out few
+  identities or gives few queries: toolkit.data.split.make_validation_folds). Every run, zero-shot, trained or ensemble, is scored on the same folds, pooled, so runs
   are compared on one measure.
 - The choice split: a strategy that fits nothing makes its choices (flip, post-processing) on
   every training identity in its validation roles (capped at MAX_CHOICE_IMAGES images: the
@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from toolkit.data.dataset import LabelledImage
-from toolkit.data.split import (ValidationSplit, distractor_identities, make_validation_folds, role_split,
+from toolkit.data.split import (MIN_VALIDATION_QUERIES, ValidationSplit, distractor_identities, make_validation_folds, role_split,
                                 without_queries_of)
 
 MAX_CHOICE_IMAGES = 2000
@@ -48,9 +48,9 @@ class Yardstick:
         shapes both like the test: the queries of some identities are left out, so that their
         gallery images are distractors no query matches (toolkit.data.split.distractor_identities)."""
         distractors = distractor_identities(training, seed, gallery_pattern, gallery_per_query)
-        folds = [without_queries_of(fold, distractors)
-                 for fold in make_validation_folds(training, held_out_fraction, seed, gallery_pattern=gallery_pattern,
-                                                   max_folds=max_folds)]
+        folds = make_validation_folds(training, held_out_fraction, seed, gallery_pattern=gallery_pattern,
+                                      max_folds=max_folds, min_queries=MIN_VALIDATION_QUERIES,
+                                      shape=lambda fold: without_queries_of(fold, distractors))
         queries = [item for fold in folds for item in fold.queries]
         gallery = [item for fold in folds for item in fold.gallery]
         held = set().union(*(fold.held_out_identities for fold in folds))
