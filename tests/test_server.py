@@ -55,8 +55,8 @@ def _reply_to(scorer, **request):
 
 
 @pytest.mark.parametrize("request_kwargs, status, message", [
-    ({"data": b"this is not json"}, 400, "not JSON"),
-    ({"data": b"\xff\xfe\xfa"}, 400, "not JSON"),
+    ({"data": b"this is not json"}, 400, "not valid JSON"),
+    ({"data": b"\xff\xfe\xfa"}, 400, "not UTF-8 text"),
     ({"json": ["a", "list"]}, 400, "JSON object"),
     ({"json": {"images": _submission()}}, 400, '"groupname"'),
     ({"json": {"groupname": "", "images": _submission()}}, 400, '"groupname"'),
@@ -303,3 +303,79 @@ def test_invoke_submit_timeout_bounds_a_dripping_server(tmp_path):
     assert result.returncode == 1 and "did not answer within 2s" in result.stdout, result.stdout
     assert "Traceback" not in result.stdout + result.stderr
     assert waited < 60                          # 2 s, plus starting Python and the toolkit on a loaded machine
+
+
+# --- the reference scorer reads exactly what was announced, and a client that hangs up is quiet ------
+
+
+def _raw_request(scorer, body: bytes, length: int | None = None, then: str = "half-close",
+                 extra: bytes = b"") -> bytes:
+    """POST *body* announced as *length* bytes over a raw socket; then half-close (and read the
+    reply), hang up at once (returns b""), or just wait for the reply ("wait")."""
+    host, port = scorer.server_address[:2]
+    with socket.create_connection((host, port), timeout=20) as connection:
+        connection.sendall(b"POST /retrieval/ HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n" + extra
+                           + f"Content-Length: {len(body) if length is None else length}\r\n\r\n".encode() + body)
+        if then == "hang up":
+            return b""
+        if then == "half-close":
+            connection.shutdown(socket.SHUT_WR)
+        reply = b""
+        while chunk := connection.recv(65536):
+            reply += chunk
+        return reply
+
+
+def _wait_for_lines(scorer, count: int, seconds: float = 10.0) -> None:
+    ends = time.monotonic() + seconds
+    while len(scorer.lines) < count and time.monotonic() < ends:
+        time.sleep(0.02)
+
+
+def test_a_body_shorter_than_its_content_length_is_refused_and_not_scored(scorer):
+    body = json.dumps({"groupname": "team", "images": _submission()}).encode()
+    reply = _raw_request(scorer, body, length=len(body) + 100)
+    assert reply.startswith(b"HTTP/1.0 400") and f"ended after {len(body):,} of the {len(body) + 100:,} bytes".encode() in reply
+    assert not any("team:" in line for line in scorer.lines)
+
+
+def test_a_client_that_hangs_up_gets_at_most_one_quiet_line(scorer, capfd):
+    body = json.dumps({"groupname": "team", "images": _submission()}).encode()
+    for _ in range(3):
+        _raw_request(scorer, body, length=len(body) + 100, then="hang up")   # short body, then gone
+        _raw_request(scorer, body, then="hang up")                           # whole body, gone before the reply
+    _wait_for_lines(scorer, 6)
+    assert _reply_to(scorer, json={"groupname": "team", "images": _submission()}).status_code == 200
+    captured = capfd.readouterr()
+    assert "Traceback" not in captured.out + captured.err and "Error" not in captured.err
+    assert len(scorer.lines) <= 7 and not any("\n" in line for line in scorer.lines)
+    assert sum("team:" in line for line in scorer.lines) <= 4        # only whole bodies are scored
+
+
+@pytest.mark.parametrize("body, message", [
+    (b'{"groupname": "team", "images": ' + b"[" * 100_000 + b"]" * 100_000 + b"}", "nested more than 32 levels"),
+    (b'{"groupname": "team", "images": {"q0.jpg": [NaN]}}', "NaN is not a number JSON allows"),
+    (b'{"groupname": "team", "groupname": "other", "images": {}}', "appears more than once"),
+    (b"this is not json", "not valid JSON"),
+])
+def test_json_the_scorer_cannot_take_is_a_400_not_a_500(scorer, body, message):
+    response = _reply_to(scorer, data=body)
+    assert response.status_code == 400 and message in response.text
+
+
+def test_a_body_over_the_limit_is_413_and_one_that_never_comes_is_408():
+    lines = []
+    server = ReferenceScorer(ANSWERS, port=0, log=lines.append, max_body_bytes=1000, body_seconds=1)
+    server.serve_in_background()
+    try:
+        big = json.dumps({"groupname": "team", "images": _submission()}).encode() + b" " * 1000
+        assert requests.post(server.url, data=big, timeout=10).status_code == 413
+        started = time.monotonic()
+        reply = _raw_request(server, b'{"groupname": ', length=500, then="wait")      # the rest never comes
+        assert reply.startswith(b"HTTP/1.0 408") and b"did not arrive within 1 s" in reply
+        assert time.monotonic() - started < 1 + 10
+        assert b"not a number of bytes" in _raw_request(server, b"{}", length=0, then="wait",
+                                                         extra=b"Content-Length: -5\r\n")
+    finally:
+        server.shutdown()
+        server.server_close()
