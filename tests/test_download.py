@@ -19,7 +19,7 @@ from tests.test_tasks import invoke
 from toolkit.data import fetch as fetch_module
 from toolkit.data.download import DownloadError, download
 from toolkit.data.fetch import drive_file_id, resolve_url
-from toolkit.data.unpack import MARKER_NAME, UnsafeArchive, safe_unpack
+from toolkit.data.unpack import MARKER_NAME, ArchiveTooBig, UnpackLimits, UnsafeArchive, safe_unpack
 
 FAST = (2.0, 5.0)
 
@@ -294,3 +294,57 @@ def test_a_transfer_that_keeps_moving_still_ends_at_the_total_limit(data_root):
         waited = time.monotonic() - started
     assert waited < 2 + 10
     assert (data_root / "comp.part").stat().st_size > 70_000       # what came is kept, to resume
+
+
+# --- limits on what an archive unpacks to ------------------------------------------------------------
+
+SIZE, FILES, RATIO = UnpackLimits(max_bytes=10_000), UnpackLimits(max_files=20), \
+    UnpackLimits(max_ratio=50, ratio_from_bytes=100_000)
+
+
+def _deflated_zip(files: dict[str, bytes]) -> bytes:
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as bundle:
+        for name, data in files.items():
+            bundle.writestr(name, data)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("archive, name, limits, message, raised", [
+    (make_zip({f"comp/{n}.jpg": os.urandom(5_000) for n in range(3)}), "comp.zip", SIZE,
+     "would unpack to more than the 10.0 KB allowed", "--limits size=30.0KB"),
+    (make_zip({f"comp/{n}.jpg": b"x" for n in range(25)}), "comp.zip", FILES,
+     "holds 25 files and folders, more than the 20 allowed", "--limits files=200"),
+    (_deflated_zip({"comp/zeros.bin": bytes(3_000_000)}), "comp.zip", RATIO,
+     "would unpack to 3.0 MB from", "--limits ratio="),
+    (make_tar({f"comp/{n}.jpg": os.urandom(4_000) for n in range(5)}), "comp.tar.gz", SIZE,
+     "would unpack to more than the 10.0 KB allowed", "--limits size=24.0KB"),
+    (make_tar({f"comp/{n}.jpg": b"x" for n in range(25)}), "comp.tar.gz", FILES,
+     "holds more than the 20 files and folders allowed", "--limits files=200"),
+    (make_tar({"comp/zeros.bin": bytes(3_000_000)}), "comp.tar.gz", RATIO, "times its size, more than the 50 allowed",
+     "--limits ratio="),
+])
+def test_an_archive_over_a_limit_is_refused_naming_the_limit_and_how_to_raise_it(tmp_path, archive, name, limits,
+                                                                                   message, raised):
+    path = tmp_path / name
+    path.write_bytes(archive)
+    with pytest.raises(ArchiveTooBig) as caught:
+        safe_unpack(path, tmp_path / "comp", limits=limits)
+    assert message in str(caught.value) and raised in str(caught.value) and "nothing kept" in str(caught.value)
+    assert sorted(entry.name for entry in tmp_path.iterdir()) == [name]          # no folder, no leftovers
+    assert safe_unpack(path, tmp_path / "comp", limits=UnpackLimits()) == []      # the defaults take it
+    assert (tmp_path / "comp" / "comp").is_dir()
+
+
+def test_download_takes_its_limits_as_text_and_keeps_the_archive_to_try_again(server, data_root):
+    server.files["/comp.zip"] = make_zip(competition_files(payload=2_000))
+    with pytest.raises(ArchiveTooBig, match=r"more than the 5.0 KB allowed.*--limits size=\d+\.\dKB"):
+        fetch(server.url("/comp.zip"), data_root, limits="size=5KB")
+    assert (data_root / "comp.zip").is_file() and not (data_root / "comp").exists()
+    requests_before = len(server.requests)
+    result = fetch(server.url("/comp.zip"), data_root, limits="size=1MiB,files=100,ratio=10")
+    assert result.competition is not None and len(server.requests) == requests_before   # not fetched again
+    with pytest.raises(DownloadError, match="cannot read the unpacking limit 'size=lots'"):
+        fetch(server.url("/comp.zip"), data_root, limits="size=lots")
+    assert UnpackLimits.parse("size=40GB, files=500000 ,ratio=200") == UnpackLimits(40_000_000_000, 500_000, 200.0)
+    assert UnpackLimits.parse("size=2GiB").max_bytes == 2 * 1024**3

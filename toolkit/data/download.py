@@ -8,7 +8,7 @@ Drive links, from the server's Content-Disposition): a T holding the completion 
 source (or the expected SHA-256) means nothing to do; otherwise the archive is fetched into
 ``T.part`` (toolkit.data.fetch: resumable, Drive pages, checksum), its format sniffed from the
 bytes and kept as ``T.zip``, ``T.tar.gz``, ... beside T (anything else, a web page included, is an
-error and renamed ``.bad``), unpacked safely into T (toolkit.data.unpack) and its layout checked
+error and renamed ``.bad``), unpacked safely into T (toolkit.data.unpack, within UnpackLimits) and its layout checked
 with :func:`toolkit.data.dataset.find_competition`, where a problem is a warning and the data stays.
 Every failure is a :class:`DownloadError` with a one-line message for the command line.
 """
@@ -30,11 +30,12 @@ from toolkit.data.fetch import (DEFAULT_TIMEOUT, MAX_DOWNLOAD_SECONDS, DownloadE
                                 describe_connection_error, drive_file_id, fetch_part, new_session, open_source,
                                 reject, resolve_url, transfer_deadline)
 from toolkit.data.http_deadline import Deadline, limit_session
-from toolkit.data.unpack import MARKER_NAME, UnsafeArchive, archive_format, read_marker, safe_unpack
+from toolkit.data.unpack import (MARKER_NAME, ArchiveTooBig, UnpackLimits, UnsafeArchive, archive_format,
+                                 read_marker, safe_unpack)
 from toolkit.machine.console import console, human_size
 
-__all__ = ["MARKER_NAME", "DownloadError", "DownloadResult", "UnsafeArchive", "archive_format",
-           "describe_connection_error", "download", "drive_file_id", "resolve_url", "safe_unpack"]
+__all__ = ["MARKER_NAME", "ArchiveTooBig", "DownloadError", "DownloadResult", "UnpackLimits", "UnsafeArchive",
+           "archive_format", "describe_connection_error", "download", "drive_file_id", "resolve_url", "safe_unpack"]
 
 ARCHIVE_SUFFIXES = (".tar.gz", ".tar.bz2", ".tar.xz", ".tgz", ".tbz2", ".tbz", ".txz", ".tar", ".zip")
 
@@ -162,17 +163,20 @@ def _normalise_sha256(sha256: str | None) -> str | None:
 def download(url: str, to: str | os.PathLike | None = None, sha256: str | None = None,
              data_root: str | os.PathLike = "data", timeout: tuple[float, float] = DEFAULT_TIMEOUT,
              show_progress: bool = True, session: requests.Session | None = None,
-             max_seconds: float | None = MAX_DOWNLOAD_SECONDS) -> DownloadResult:
+             max_seconds: float | None = MAX_DOWNLOAD_SECONDS, limits: UnpackLimits | str | None = None
+             ) -> DownloadResult:
     """Download *url* into the folder *to* (default ``data_root/<name>``), check it and unpack it.
 
     See the module docstring for the steps. *timeout* is (connect, idle) seconds: a transfer that
     brings less than 64 KB in the idle time has stalled; *max_seconds* bound the whole transfer
-    (*session*, if given, is put under that deadline). Returns a DownloadResult (``already=True``
-    when a finished download was found and nothing was done); raises DownloadError with a one-line
-    message.
+    (*session*, if given, is put under that deadline). *limits* bound what the archive may unpack
+    to (UnpackLimits, or its text "size=40GB,files=500000,ratio=200"). Returns a DownloadResult
+    (``already=True`` when a finished download was found and nothing was done); raises
+    DownloadError with a one-line message.
     """
     source = resolve_url(url)
     expected = _normalise_sha256(sha256)
+    limits = UnpackLimits.parse(limits) if isinstance(limits, str) else limits or UnpackLimits()
     name = _name_from_url(source)
     target = Path(to) if to else (Path(data_root) / name if name else None)
     if target is not None:
@@ -197,7 +201,7 @@ def download(url: str, to: str | os.PathLike | None = None, sha256: str | None =
     marker = {"url": source.original, "source": source.key, "archive": archive.name,
               "sha256": result.sha256, "bytes": archive.stat().st_size,
               "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
-    result.skipped = safe_unpack(archive, target, marker)
+    result.skipped = safe_unpack(archive, target, marker, limits)
     place.state_file.unlink(missing_ok=True)
     _check_layout(result)
     return result

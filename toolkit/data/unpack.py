@@ -4,6 +4,13 @@ No entry may leave the folder: an absolute path or ``..`` refuses the whole arch
 hard links (and devices, fifos) are skipped with a warning, never created; tar members also pass
 :func:`tarfile.data_filter` where Python has it. The work happens in a temporary sibling renamed
 into place at the end, with the completion marker inside, so a later call knows the folder is done.
+
+No archive may unpack to more than UnpackLimits allow (20 GB, 200,000 entries, and 100 times the
+archive's size once past 256 MB: far above a real competition archive of JPEGs, far below a zip
+bomb). A zip's central directory is checked before anything is written; a tar's headers as its
+stream goes, each member before its bytes are; and the bytes actually written are counted against
+the same limits (headers can lie). Over a limit is an ArchiveTooBig naming the limit and how to
+raise it (``invoke download URL --limits size=40GB``); nothing is kept.
 """
 from __future__ import annotations
 
@@ -15,12 +22,13 @@ import shutil
 import stat
 import tarfile
 import zipfile
+from dataclasses import dataclass, replace
 from pathlib import Path, PurePosixPath
 
 from rich.markup import escape
 
 from toolkit.data.fetch import CHUNK_BYTES, DownloadError
-from toolkit.machine.console import console
+from toolkit.machine.console import console, human_size
 
 #: The completion marker inside a finished folder: where it came from, its archive and SHA-256.
 MARKER_NAME = ".retrieval-race-download.json"
@@ -28,6 +36,105 @@ MARKER_NAME = ".retrieval-race-download.json"
 
 class UnsafeArchive(DownloadError):
     """An archive entry would land outside the target folder (absolute path or '..')."""
+
+
+class ArchiveTooBig(DownloadError):
+    """An archive that unpacks to more than its UnpackLimits allow."""
+
+
+@dataclass(frozen=True)
+class UnpackLimits:
+    """How much one archive may unpack to. `max_ratio` (unpacked bytes over archive bytes) counts
+    once the unpacked bytes pass `ratio_from_bytes`, so a small archive of text may compress well."""
+
+    max_bytes: int = 20_000_000_000
+    max_files: int = 200_000
+    max_ratio: float = 100.0
+    ratio_from_bytes: int = 256_000_000
+
+    #: The words of `parse` and of the messages: "size=40GB,files=500000,ratio=200".
+    WORDS = {"size": "max_bytes", "files": "max_files", "ratio": "max_ratio"}
+
+    @classmethod
+    def parse(cls, text: str) -> "UnpackLimits":
+        """Limits from "size=40GB,files=500000,ratio=200" (any of them; the others keep their
+        defaults; sizes in B, KB, MB, GB, TB or KiB, MiB, GiB, TiB). DownloadError if unreadable."""
+        limits = cls()
+        for part in filter(None, (piece.strip() for piece in text.split(","))):
+            word, _, value = part.partition("=")
+            field = cls.WORDS.get(word.strip().lower())
+            try:
+                if field is None:
+                    raise ValueError
+                number = _bytes(value) if field == "max_bytes" else float(value) if field == "max_ratio" \
+                    else int(value)
+                if number <= 0:
+                    raise ValueError
+            except ValueError:
+                raise DownloadError(f"cannot read the unpacking limit {part!r}: give size=40GB, files=500000 "
+                                    "or ratio=200, separated by commas") from None
+            limits = replace(limits, **{field: number})
+        return limits
+
+
+def _bytes(text: str) -> int:
+    found = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B?|B)?\s*", text, re.IGNORECASE)
+    if not found:
+        raise ValueError(text)
+    number, unit = float(found.group(1)), (found.group(2) or "B").upper().rstrip("B") or "B"
+    powers = {"B": 1, "K": 1000, "M": 1000**2, "G": 1000**3, "T": 1000**4,
+              "KI": 1024, "MI": 1024**2, "GI": 1024**3, "TI": 1024**4}
+    return int(number * powers[unit])
+
+
+class _Allowance:
+    """What an archive of `archive_bytes` may still unpack to: members announced by their headers
+    (`admit`) and bytes actually written (`wrote`) count against the same limits."""
+
+    def __init__(self, limits: UnpackLimits, archive: Path):
+        self.limits, self.archive = limits, archive
+        self.archive_bytes = max(archive.stat().st_size, 1)
+        self.entries = self.written = 0
+
+    def admit(self, size: int) -> None:
+        """One more entry (a file of *size* bytes, or a folder of 0) about to be created."""
+        self.entries += 1
+        if self.entries > self.limits.max_files:
+            self._refuse(f"holds more than the {self.limits.max_files:,} files and folders allowed",
+                         f"files={self.limits.max_files * 10}")
+        self._check(self.written + size, "would unpack to")
+
+    def expect(self, entries: int, size: int) -> None:
+        """The whole archive, from its headers, before anything is written (zip)."""
+        if entries > self.limits.max_files:
+            self._refuse(f"holds {entries:,} files and folders, more than the {self.limits.max_files:,} allowed",
+                         f"files={max(entries, self.limits.max_files * 10)}")
+        self._check(size, "would unpack to")
+
+    def wrote(self, count: int) -> None:
+        """*count* more bytes are about to be written."""
+        self.written += count
+        self._check(self.written, "has unpacked")
+
+    def _check(self, total: int, verb: str) -> None:
+        limits = self.limits
+        if total > limits.max_bytes:
+            self._refuse(f"{verb} more than the {human_size(limits.max_bytes)} allowed",
+                         f"size={human_size(2 * max(limits.max_bytes, total)).replace(' ', '')}")
+        ratio = total / self.archive_bytes
+        if total > limits.ratio_from_bytes and ratio > limits.max_ratio:
+            self._refuse(f"{verb} {human_size(total)} from {human_size(self.archive_bytes)}, {ratio:,.0f} times its "
+                         f"size, more than the {limits.max_ratio:g} allowed (a zip bomb?)", f"ratio={10 * ratio:.0f}")
+
+    def _refuse(self, problem: str, raised: str) -> None:
+        raise ArchiveTooBig(f"{self.archive.name} {problem}; nothing kept. If you trust it, raise the limit, "
+                            f"e.g. invoke download URL --limits {raised}")
+
+
+def _copy(source, sink, allowance: _Allowance) -> None:
+    while chunk := source.read(CHUNK_BYTES):
+        allowance.wrote(len(chunk))
+        sink.write(chunk)
 
 
 def archive_format(path: Path) -> tuple[str, str | None]:
@@ -82,10 +189,10 @@ def _inside(root: Path, relative: PurePosixPath) -> Path:
     return destination
 
 
-def _unpack_zip(archive: Path, folder: Path, skipped: list[str]) -> None:
+def _unpack_zip(archive: Path, folder: Path, skipped: list[str], allowance: _Allowance) -> None:
     with zipfile.ZipFile(archive) as bundle:
         plan = []
-        for info in bundle.infolist():          # every name is checked before anything is written
+        for info in bundle.infolist():          # every name and size is checked before anything is written
             relative = _safe_relative(info.filename)
             if relative is None:
                 continue
@@ -94,6 +201,7 @@ def _unpack_zip(archive: Path, folder: Path, skipped: list[str]) -> None:
                 skipped.append(f"{info.filename} (symbolic link, not created)")
                 continue
             plan.append((info, relative))
+        allowance.expect(len(plan), sum(info.file_size for info, _ in plan if not info.is_dir()))
         for info, relative in plan:
             destination = _inside(folder, relative)
             if info.is_dir():
@@ -101,10 +209,10 @@ def _unpack_zip(archive: Path, folder: Path, skipped: list[str]) -> None:
                 continue
             destination.parent.mkdir(parents=True, exist_ok=True)
             with bundle.open(info) as source, open(destination, "wb") as sink:
-                shutil.copyfileobj(source, sink, CHUNK_BYTES)
+                _copy(source, sink, allowance)
 
 
-def _unpack_tar(archive: Path, folder: Path, skipped: list[str]) -> None:
+def _unpack_tar(archive: Path, folder: Path, skipped: list[str], allowance: _Allowance) -> None:
     data_filter = getattr(tarfile, "data_filter", None)
     with tarfile.open(archive, "r|*") as bundle:       # one streaming pass, even for .tar.gz
         for member in bundle:
@@ -124,21 +232,24 @@ def _unpack_tar(archive: Path, folder: Path, skipped: list[str]) -> None:
                 except tarfile.FilterError as error:
                     raise UnsafeArchive(f"the archive entry {member.name!r} is unsafe ({error}); refused") from None
             destination = _inside(folder, relative)
+            allowance.admit(member.size if member.isfile() else 0)     # its header, before its bytes
             if member.isdir():
                 destination.mkdir(parents=True, exist_ok=True)
                 continue
             destination.parent.mkdir(parents=True, exist_ok=True)
             source = bundle.extractfile(member)
             with source, open(destination, "wb") as sink:
-                shutil.copyfileobj(source, sink, CHUNK_BYTES)
+                _copy(source, sink, allowance)
 
 
-def safe_unpack(archive: Path, target: Path, marker: dict | None = None) -> list[str]:
+def safe_unpack(archive: Path, target: Path, marker: dict | None = None,
+                limits: UnpackLimits = UnpackLimits()) -> list[str]:
     """Unpack *archive* into the new folder *target*, atomically; returns the skipped members.
 
     Works in a temporary sibling and renames it to *target* at the end (with *marker*, if given,
     written inside first), so *target* is either absent or complete. Raises UnsafeArchive (and
-    writes nothing at *target*) for entries that would escape, DownloadError for damaged archives.
+    writes nothing at *target*) for entries that would escape, ArchiveTooBig for an archive over
+    *limits*, DownloadError for damaged archives.
     """
     archive, target = Path(archive), Path(target)
     kind, suffix = archive_format(archive)
@@ -152,13 +263,13 @@ def safe_unpack(archive: Path, target: Path, marker: dict | None = None) -> list
     skipped: list[str] = []
     try:
         with console.status(f"unpacking {escape(archive.name)}…"):
-            (_unpack_zip if suffix == ".zip" else _unpack_tar)(archive, work, skipped)
+            (_unpack_zip if suffix == ".zip" else _unpack_tar)(archive, work, skipped, _Allowance(limits, archive))
         if marker is not None:
             (work / MARKER_NAME).write_text(json.dumps(marker, indent=1))
         if target.is_dir() and not any(target.iterdir()):
             target.rmdir()
         os.rename(work, target)
-    except UnsafeArchive:
+    except (UnsafeArchive, ArchiveTooBig):
         shutil.rmtree(work, ignore_errors=True)
         raise
     except (zipfile.BadZipFile, zipfile.LargeZipFile, tarfile.TarError, EOFError, OSError, RuntimeError,
