@@ -348,3 +348,16 @@ def test_download_takes_its_limits_as_text_and_keeps_the_archive_to_try_again(se
         fetch(server.url("/comp.zip"), data_root, limits="size=lots")
     assert UnpackLimits.parse("size=40GB, files=500000 ,ratio=200") == UnpackLimits(40_000_000_000, 500_000, 200.0)
     assert UnpackLimits.parse("size=2GiB").max_bytes == 2 * 1024**3
+
+
+def test_a_damaged_state_file_or_marker_is_read_as_none_not_a_traceback(server, data_root):
+    server.files["/comp.zip"] = make_zip(competition_files())
+    data_root.mkdir(parents=True)
+    deep = "[" * 100_000 + "]" * 100_000
+    (data_root / ".comp.download.json").write_text(deep)
+    (data_root / "comp.part").write_bytes(b"leftover of who knows what")
+    result = fetch(server.url("/comp.zip"), data_root)
+    assert result.competition is not None and result.resumed_from == 0    # started over, nothing trusted
+    (result.folder / MARKER_NAME).write_text('{"sha256": NaN}')
+    with pytest.raises(DownloadError, match="not made by `invoke download`"):
+        fetch(server.url("/comp.zip"), data_root)

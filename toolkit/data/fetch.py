@@ -30,6 +30,7 @@ from rich.progress import (BarColumn, DownloadColumn, Progress, TextColumn, Time
                            TransferSpeedColumn)
 
 from toolkit.data.http_deadline import Deadline
+from toolkit.data.jsonfile import JsonInputError, read_json
 from toolkit.machine.console import console, human_size, warn
 
 #: Where a Google Drive file id is downloaded from (tests point it at a loopback server).
@@ -315,10 +316,10 @@ class Place:
 
     def read_state(self, key: str) -> dict:
         try:
-            state = json.loads(self.state_file.read_text())
-        except (OSError, ValueError):
-            return {"source": key}
-        if state.get("source") != key:   # another URL's leftovers: never continue them
+            state = read_json(self.state_file, "download state file")
+        except JsonInputError:               # none, or damaged: a .part of unknown origin is not continued
+            state = None
+        if not isinstance(state, dict) or state.get("source") != key:   # another URL's leftovers: never continue them
             self.part.unlink(missing_ok=True)
             return {"source": key}
         return state

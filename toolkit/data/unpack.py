@@ -28,6 +28,7 @@ from pathlib import Path, PurePosixPath
 from rich.markup import escape
 
 from toolkit.data.fetch import CHUNK_BYTES, DownloadError
+from toolkit.data.jsonfile import JsonInputError, read_json
 from toolkit.machine.console import console, human_size
 
 #: The completion marker inside a finished folder: where it came from, its archive and SHA-256.
@@ -286,8 +287,9 @@ def safe_unpack(archive: Path, target: Path, marker: dict | None = None,
 
 
 def read_marker(folder: Path) -> dict | None:
-    """The completion marker of a folder safe_unpack finished, or None."""
+    """The completion marker of a folder safe_unpack finished, or None (also for a damaged one)."""
     try:
-        return json.loads((Path(folder) / MARKER_NAME).read_text())
-    except (OSError, ValueError):
+        marker = read_json(Path(folder) / MARKER_NAME, "download marker")
+    except JsonInputError:
         return None
+    return marker if isinstance(marker, dict) else None
