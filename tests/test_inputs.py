@@ -162,3 +162,19 @@ def test_invoke_submit_and_show_refuse_the_same_files(tmp_path, synthetic_compet
     _refused(invoke("submit", "--file", str(eleven), *sending), "11 results, expected 10")
     _refused(invoke("show", "--submission", str(deep), "--data", str(synthetic_competition), "--out",
                     str(tmp_path / "x.png")), "nested more than 32 levels deep")
+
+
+def test_doctor_reads_a_damaged_download_marker_without_a_traceback(tmp_path, synthetic_competition):
+    import shutil
+
+    from toolkit.data.download import MARKER_NAME
+    from toolkit.machine.doctor import check_data
+
+    folder = tmp_path / "data" / "comp"
+    shutil.copytree(synthetic_competition, folder)
+    (folder / MARKER_NAME).write_text("[" * 100_000 + "]" * 100_000)      # json.loads: RecursionError
+    [check], partial = check_data(tmp_path / "data")
+    assert check.downloaded_from is None and check.problem is None and partial == []
+    (folder / MARKER_NAME).write_text(json.dumps({"url": "https://example.org/comp.zip"}))
+    [check], _ = check_data(tmp_path / "data")
+    assert check.downloaded_from == "https://example.org/comp.zip"

@@ -10,7 +10,6 @@ seconds at most). Nothing here raises for a failed check: the report says what f
 """
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -171,7 +170,7 @@ def check_strategies(specs: list[tuple[str, dict[str, Any]]], make_strategy: Cal
 def check_data(data_root: Path) -> tuple[list[CompetitionCheck], list[tuple[Path, int]]]:
     """The competitions under *data_root* (or *data_root* itself), and interrupted downloads."""
     from toolkit.data.dataset import TRAINING_FOLDER_NAMES, LayoutError, describe, find_competition
-    from toolkit.data.download import MARKER_NAME
+    from toolkit.data.unpack import read_marker
 
     if not data_root.is_dir():
         return [], []
@@ -181,13 +180,8 @@ def check_data(data_root: Path) -> tuple[list[CompetitionCheck], list[tuple[Path
     folders = [data_root] if any(child.name.lower() in layout_names for child in children) else children
     checks = []
     for folder in folders:
-        downloaded_from = None
-        marker = folder / MARKER_NAME
-        if marker.is_file():
-            try:
-                downloaded_from = json.loads(marker.read_text()).get("url")
-            except (OSError, ValueError):
-                pass
+        marker = read_marker(folder)
+        downloaded_from = marker.get("url") if marker else None
         try:
             checks.append(CompetitionCheck(folder, describe(find_competition(folder)), None, downloaded_from))
         except LayoutError as error:
