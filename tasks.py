@@ -19,16 +19,25 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from invoke import Exit, task
+from invoke import Exit, task as invoke_task
 from rich.markup import escape
 
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
+from toolkit.machine import interrupts
 from toolkit.race.config import RaceConfig
 
+interrupts.exit_on_interrupt_until_a_command_starts()
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
 PROJECT = Path(__file__).resolve().parent
 OFFLINE_STRATEGIES = "face-zs,cnn-zs"
 DEFAULT_STRATEGIES = "face-zs,adapter,cnn-zs,clip-zs"   # zero-shot first; the race orders them anyway
+NOTHING_RACED = "no strategy had finished; nothing written"
+
+
+def task(*args, interrupted: str = "stopped before it finished", **options):
+    """invoke's @task, with Ctrl-C handled in one place (toolkit.machine.interrupts): one line, exit 130."""
+    decorate = lambda body: invoke_task(**options)(interrupts.interruptible(interrupted)(body))  # noqa: E731
+    return decorate(args[0]) if args else decorate
 
 
 def _fail(message: str) -> Exit:
@@ -57,25 +66,18 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
         result = run_race(competition, racers, config, leaderboard=_leaderboard_file(leaderboard),
                           observer=RaceConsole(live=config.show_progress))
     except RaceInterrupted as interrupted:
-        console.print(race_table(interrupted.result))
-        raise _interrupted(interrupted.result.best_submission) from None
-    except KeyboardInterrupt:
-        raise _interrupted(None) from None
+        result = interrupted.result
     except ValueError as error:  # a strategy option it does not take, a split it cannot make
         raise _fail(str(error)) from None
-    console.print(race_table(result))
+    with interrupts.holding_interrupts() as pressed:   # the race is over: what it wrote is told whole
+        console.print(race_table(result))
+        if result.best is not None and not result.interrupted:
+            console.print(race_summary(result, _leaderboard_file(leaderboard)), soft_wrap=True)
+    if result.interrupted or pressed:
+        raise interrupts.Interrupted(f"best so far written to {best}" if (best := result.best_submission) else NOTHING_RACED)
     if result.best is None:
         raise _fail("no strategy finished; see the reasons above")
-    console.print(race_summary(result, _leaderboard_file(leaderboard)), soft_wrap=True)
     return result
-
-
-def _interrupted(best_submission: Path | None) -> Exit:
-    """Ctrl-C during a race: say what was kept; exit code 130, as a shell does for SIGINT."""
-    from toolkit.machine.console import console
-    kept = f"best so far written to {best_submission}" if best_submission else "no strategy had finished; nothing written"
-    console.print(f"[yellow]interrupted:[/yellow] {escape(kept)}", soft_wrap=True)
-    return Exit(code=130)
 
 
 @task(help={
@@ -92,7 +94,7 @@ def _interrupted(best_submission: Path | None) -> Exit:
     "held-out": "fraction of training identities held out for validation",
     "submissions": "folder the submission files are written to",
     "leaderboard": "leaderboard file the race is recorded in (default: the setting `leaderboard`, leaderboard.db)",
-})
+}, interrupted=NOTHING_RACED)
 def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed=RaceConfig.seed, flip="auto", workers=None,
          gallery_pattern=RaceConfig.gallery_pattern, held_out=RaceConfig.held_out_fraction,
          submissions=str(RaceConfig.submissions_dir), rerank=RaceConfig.post_process, leaderboard=None):
@@ -184,7 +186,7 @@ def download(c, url, to=None, sha256=None):
     except DownloadError as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
-        raise _fail("interrupted; run the same command again to resume") from None
+        raise interrupts.Interrupted("what was downloaded is kept; run the same command again to resume") from None
     for line in result.skipped[:10]:
         warn(f"skipped {escape(line)}")
     if len(result.skipped) > 10:

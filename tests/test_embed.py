@@ -4,10 +4,13 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import numpy as np
 import pytest
 from PIL import Image
+from torch.utils.data import get_worker_info
 
 from strategies import create_strategy
 from tests.conftest import PROJECT
@@ -172,6 +175,48 @@ class InterruptedOnThirdBatch:
         if self.batches == 3:
             os.kill(os.getpid(), signal.SIGINT)
         return self.encoder.encode(batch)
+
+
+class StuckInWorkers:
+    """Wraps an encoder: in a DataLoader worker, preprocessing is one long call that no signal but
+    SIGTERM ends (as a C call that checks for none: a big decode, a face detector on a busy
+    machine). Each stuck worker leaves a file in `folder`."""
+
+    def __init__(self, encoder, folder):
+        self.encoder, self.folder = encoder, folder
+
+    def __getattr__(self, name):
+        return getattr(self.encoder, name)
+
+    def preprocess(self, image):
+        if get_worker_info() is not None:
+            signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+            (self.folder / f"stuck-{os.getpid()}").touch()
+            time.sleep(60)
+        return self.encoder.preprocess(image)
+
+
+def test_ctrl_c_while_workers_are_stuck_in_a_long_call_ends_the_embedding_within_5_seconds(encoder, images, tmp_path):
+    """The issue's bound for a Ctrl-C (torch by itself waits 5 s for each worker, then terminates it)."""
+    pressed_at = []
+
+    def press_once_both_are_stuck():
+        given_up_at = time.monotonic() + 60
+        while len(list(tmp_path.glob("stuck-*"))) < 2 and time.monotonic() < given_up_at:
+            time.sleep(0.02)
+        pressed_at.append(time.monotonic())
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_once_both_are_stuck)
+    presser.start()
+    with pytest.raises(KeyboardInterrupt):
+        embed_images(StuckInWorkers(encoder, tmp_path), images, cache_dir=tmp_path / "cache", num_workers=2,
+                     show_progress=False)
+    stopped_at = time.monotonic()
+    presser.join()
+    assert len(list(tmp_path.glob("stuck-*"))) == 2
+    assert stopped_at - pressed_at[0] < 5.0
+    assert multiprocessing.active_children() == []
 
 
 def test_ctrl_c_while_workers_embed_stops_them_at_once_and_keeps_what_was_computed(encoder, images, tmp_path):

@@ -1,6 +1,7 @@
 """Ctrl-C, handled in one place: what a command says when it is interrupted, blocks that a Ctrl-C
 must not cut in half, and DataLoader workers that leave Ctrl-C to the main process.
 
+    exit_on_interrupt_until_a_command_starts()    # while the commands' module loads
     @interruptible("nothing was written")        # Ctrl-C: one line "interrupted: ...", exit code 130
     raise Interrupted("best so far written to x")  # what was kept, said by the code that knows it
     with holding_interrupts() as pressed: ...     # Ctrl-C waits until the block is done
@@ -36,24 +37,38 @@ class Interrupted(KeyboardInterrupt):
 
 
 def interruptible(kept: str) -> Callable[[Callable], Callable]:
-    """Decorate a command: the first Ctrl-C raises KeyboardInterrupt where it lands; later ones, while
-    the code on the way out keeps what is finished, are ignored; then one line "interrupted: <kept>"
-    (or what an Interrupted says it kept) and exit code 130."""
+    """Decorate a command (the body of a process): the first Ctrl-C raises KeyboardInterrupt where
+    it lands; later ones, while the code on the way out keeps what is finished, are ignored; then
+    one line "interrupted: <kept>" (or what an Interrupted says it kept) and exit code 130. Once the
+    command is done, a Ctrl-C while the process exits changes nothing and is ignored too."""
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
         def command(*args: Any, **kwargs: Any) -> Any:
-            with _first_press_only():
-                try:
-                    return body(*args, **kwargs)
-                except Interrupted as interrupted:
-                    said = interrupted.kept
-                except KeyboardInterrupt:
-                    said = kept
-                with holding_interrupts():
-                    console.print(f"[yellow]interrupted:[/yellow] {escape(said)}", soft_wrap=True)
+            _set_handler(_first_press)
+            try:
+                return body(*args, **kwargs)
+            except Interrupted as interrupted:
+                said = interrupted.kept
+            except KeyboardInterrupt:
+                said = kept
+            finally:
+                _set_handler(signal.SIG_IGN)
+            console.print(f"[yellow]interrupted:[/yellow] {escape(said)}", soft_wrap=True)
             raise SystemExit(EXIT_CODE)
         return command
     return decorate
+
+
+def exit_on_interrupt_until_a_command_starts() -> None:
+    """While the process is still loading (its imports, reading its arguments) and nothing is under
+    way: Ctrl-C prints one line and exits with 130 at once. A command (interruptible) takes over."""
+    _set_handler(_nothing_started)
+
+
+def _nothing_started(signum: int, frame: Any) -> None:
+    _set_handler(signal.SIG_IGN)
+    console.print("[yellow]interrupted:[/yellow] nothing was started", soft_wrap=True)
+    raise SystemExit(EXIT_CODE)
 
 
 def _in_main_thread() -> bool:
@@ -69,16 +84,9 @@ def _first_press(signum: int, frame: Any) -> None:
     raise KeyboardInterrupt
 
 
-@contextmanager
-def _first_press_only() -> Iterator[None]:
-    if not _in_main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, _first_press)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)
+def _set_handler(handler: Any) -> None:
+    if _in_main_thread():
+        signal.signal(signal.SIGINT, handler)
 
 
 @contextmanager
