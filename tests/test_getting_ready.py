@@ -5,7 +5,6 @@ import os
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -30,18 +29,15 @@ def rows(output: str) -> dict[str, str]:
     return {line.split("│")[1].strip(): line for line in output.splitlines() if line.startswith("│")}
 
 
-def test_doctor_tells_what_this_machine_can_do_in_seconds(tmp_path, synthetic_competition):
+def test_doctor_tells_what_this_machine_can_do(tmp_path, synthetic_competition):
     data = tmp_path / "data"
     data.mkdir()
     (data / "comp").symlink_to(synthetic_competition, target_is_directory=True)
     (data / "broken" / "training").mkdir(parents=True)
     (data / "next.part").write_bytes(b"x" * 1000)
-    started = time.monotonic()
     result = invoke("doctor", "--data", str(data), cwd=tmp_path,
                     environment={"RETRIEVAL_RACE_CONFIG": str(tmp_path / "none.toml"), "RETRIEVAL_RACE_URL": ""})
-    elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout + result.stderr
-    assert elapsed < 10, f"invoke doctor took {elapsed:.1f} s"
     table = rows(result.stdout)
     if torch.cuda.is_available():
         assert torch.cuda.get_device_name(0) in table["GPU"]
@@ -62,6 +58,31 @@ def test_doctor_tells_what_this_machine_can_do_in_seconds(tmp_path, synthetic_co
     assert "interrupted download" in table["next.part"]
     assert "not configured" in table["server_url"]
     assert "Traceback" not in result.stdout + result.stderr
+
+
+class Watched:
+    """A strategy that notes what is asked of it."""
+
+    def __init__(self, strategy, asked: list):
+        self.strategy, self.asked = strategy, asked
+
+    def __getattr__(self, name):
+        self.asked.append(name)
+        return getattr(self.strategy, name)
+
+
+def test_doctor_only_asks_whether_weights_are_on_disk_it_loads_and_fetches_nothing(tmp_path, monkeypatch):
+    """Doctor answers in seconds because of what it does not do: no model is built (fit), no probe is
+    timed (estimate), nothing is downloaded; a strategy is only asked to describe itself and where
+    its weights are."""
+    monkeypatch.setenv("RETRIEVAL_RACE_CONFIG", str(tmp_path / "none.toml"))
+    monkeypatch.setenv("RETRIEVAL_RACE_URL", "")
+    asked: list[str] = []
+    specs = [(name, {}) for name in strategies.strategy_names()]
+    report = run_doctor(tmp_path / "no-data", specs, lambda name, **options: Watched(create_strategy(name, **options),
+                                                                                     asked), project=tmp_path)
+    assert len(report.strategies) == len(specs) and set(asked) == {"describe", "weights_status"}
+    assert report.server.state == "not configured"
 
 
 def test_doctor_report_checks_the_server_with_a_short_request(tmp_path, monkeypatch):
