@@ -189,3 +189,14 @@ def test_estimate_leaves_out_what_the_base_has_cached(base, competition, tmp_pat
     warm = adapter.estimate(competition.training, context)
     assert warm < cold
     assert adapter.estimate_seconds(len(pending), context) == 0.0
+
+
+def test_an_estimate_of_several_fits_counts_the_base_embedding_once(base, competition, tmp_path):
+    adapter = make_adapter(base, steps=500)
+    paths = tuple(competition.queries) + tuple(competition.gallery)        # what the race embeds after
+    once = adapter.estimate(competition.training, quiet(tmp_path, pending_images=paths))
+    thrice = adapter.estimate(competition.training, quiet(tmp_path, pending_images=paths, fits=3))
+    embedding = adapter.base_strategy().estimate_seconds(len(competition.training) + len(paths))  # none cached
+    assert embedding > 0 and once > embedding
+    assert thrice - once == pytest.approx(2 * (once - embedding))          # the steps, twice more
+    assert thrice < 3 * once

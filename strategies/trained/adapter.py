@@ -164,9 +164,10 @@ class Adapter(Strategy):
 
     def estimate(self, training: Sequence, context: RaceContext) -> float:
         """The base's cost of embedding the training images and the race's pending images (those
-        already in the base's cache cost nothing), plus the training steps (cheap: the inputs are
-        cached vectors). Without pending paths from the race: images_after_fit, all counted."""
-        steps_cost = SECONDS_PER_STEP_CPU * int(self.settings["steps"]) + 2.0
+        already in the base's cache cost nothing; once, however many fits share them), plus the
+        training steps of every fit (cheap: the inputs are cached vectors). Without pending paths
+        from the race: images_after_fit, all counted."""
+        steps_cost = (SECONDS_PER_STEP_CPU * int(self.settings["steps"]) + 2.0) * max(1, context.fits)
         if not context.pending_images:
             return self.base_strategy().estimate_seconds(len(training) + context.images_after_fit) + steps_cost
         return self._base_cost([item.path for item in training] + list(context.pending_images), context) + steps_cost

@@ -306,8 +306,9 @@ class TrainedImageStrategy(Strategy):
         del start, setup, optimizer, batches, images
         if device.type == "cuda":
             torch.cuda.empty_cache()
-        return (build_seconds + prepare_per_image * len(training) + step_seconds * settings["steps"]
-                + forward_per_image * evaluations * validation_count + embed_per_image * context.images_after_fit)
+        per_fit = (prepare_per_image * len(training) + step_seconds * settings["steps"]
+                   + forward_per_image * evaluations * validation_count)
+        return build_seconds + max(1, context.fits) * per_fit + embed_per_image * context.images_after_fit
 
 
 @dataclass

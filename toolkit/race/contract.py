@@ -31,6 +31,9 @@ class RaceContext:
     pending_images      the images the race embeds once the strategy is fitted (validation and
                         test), so an estimate can leave out those already cached
     images_after_fit    forward passes the race makes after fitting (flip passes counted)
+    fits                how many times the race calls fit(), once per validation fold, each on
+                        another part of training; estimate() counts them all (what a strategy
+                        computes once and caches, such as a base's embeddings, it counts once)
     cache_dir, num_workers, show_progress   how the race embeds: a strategy that embeds images
                         itself (the adapter) shares the race's cache through `embed`
     """
@@ -38,6 +41,7 @@ class RaceContext:
     gallery_pattern: str | None = None
     pending_images: tuple[Path, ...] = ()
     images_after_fit: int = 0
+    fits: int = 1
     cache_dir: Path | None = None
     num_workers: int | None = None
     show_progress: bool = True
@@ -97,8 +101,8 @@ class Strategy(ABC):
         return n_images / speed
 
     def estimate(self, training: Sequence, context: RaceContext) -> float:
-        """Seconds to fit on `training` and embed what the race embeds afterwards. Zero-shot:
-        embedding only. Trained strategies override this with a short probe."""
+        """Seconds to fit on `training` (context.fits times) and embed what the race embeds
+        afterwards. Zero-shot: embedding only. Trained strategies override this with a short probe."""
         return self.estimate_seconds(context.images_after_fit, context)
 
     @abstractmethod

@@ -133,8 +133,7 @@ class _Race:
         run.status = "estimating"
         try:
             with hard_stop(self.budget.end):
-                run.estimate = self.folds_for(strategy) * float(strategy.estimate(self.yardstick.folds[0].fit,
-                                                                                  self.context_for(strategy, context)))
+                run.estimate = float(strategy.estimate(self.yardstick.folds[0].fit, self.context_for(strategy, context)))
             run.status = "queued"
         except OutOfTime:
             self.end_run(run, "timed-out", "still estimating when the budget ended")
@@ -169,9 +168,10 @@ class _Race:
         return len(self.yardstick.folds) if strategy.trains else 1
 
     def context_for(self, strategy: Strategy, context: RaceContext) -> RaceContext:
-        """A zero-shot strategy embeds the choice split, not the folds, after fitting."""
+        """A trained strategy is fitted once per fold; a zero-shot one once, and it embeds the
+        choice split, not the folds, after fitting."""
         if strategy.trains:
-            return context
+            return replace(context, fits=self.folds_for(strategy))
         return replace(context, images_after_fit=images_after_fit(len(self.yardstick.choice_paths),
                                                                   len(self.test_paths), self.config.flip_tta))
 
