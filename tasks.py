@@ -26,7 +26,7 @@ from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
 from toolkit.machine import interrupts
 from toolkit.race.config import RaceConfig
 
-interrupts.exit_on_interrupt_until_a_command_starts()
+interrupts.exit_promptly_on_interrupt()
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
 PROJECT = Path(__file__).resolve().parent
 OFFLINE_STRATEGIES = "face-zs,cnn-zs"

@@ -11,6 +11,8 @@ phase is found from what the race shows (its lines, files and worker processes),
 measured on a whole race first."""
 from __future__ import annotations
 
+import contextlib
+import io
 import multiprocessing
 import os
 import random
@@ -311,6 +313,27 @@ def test_loader_workers_ignore_ctrl_c_and_are_stopped_when_the_loop_ends_early()
     assert all(ignored for _, _, ignored in seen) and len({pid for _, pid, _ in seen}) == 2
     assert [index for index, _, _ in seen] == list(range(12))       # the workers went on after their SIGINT
     assert multiprocessing.active_children() == []
+
+
+class HandOffReports(Dataset):
+    """What a worker's sys.excepthook prints for a broken hand-off and for another error."""
+
+    def __len__(self) -> int:
+        return 2
+
+    def __getitem__(self, index: int):
+        error = [EOFError("the main process went away"), ValueError("a real fault")][index]
+        printed = io.StringIO()
+        with contextlib.redirect_stderr(printed):
+            sys.excepthook(type(error), error, None)
+        return printed.getvalue()
+
+
+def test_a_worker_prints_no_traceback_for_a_hand_off_the_interrupted_main_process_broke_off():
+    loader = DataLoader(HandOffReports(), batch_size=1, num_workers=1, collate_fn=list)
+    with worker_batches(loader) as batches:
+        [broken], [other] = list(batches)
+    assert broken == "" and "ValueError: a real fault" in other
 
 
 def test_a_ctrl_c_while_the_workers_start_is_held_then_raised_and_they_are_stopped(monkeypatch):

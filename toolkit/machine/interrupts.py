@@ -1,7 +1,7 @@
 """Ctrl-C, handled in one place: what a command says when it is interrupted, blocks that a Ctrl-C
 must not cut in half, and DataLoader workers that leave Ctrl-C to the main process.
 
-    exit_on_interrupt_until_a_command_starts()    # while the commands' module loads
+    exit_promptly_on_interrupt()                  # a process that runs commands, as it loads
     @interruptible("nothing was written")        # Ctrl-C: one line "interrupted: ...", exit code 130
     raise Interrupted("best so far written to x")  # what was kept, said by the code that knows it
     with holding_interrupts() as pressed: ...     # Ctrl-C waits until the block is done
@@ -15,7 +15,9 @@ is finished and stops the workers, and the command says what it kept in one line
 from __future__ import annotations
 
 import functools
+import os
 import signal
+import sys
 import threading
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
@@ -54,20 +56,39 @@ def interruptible(kept: str) -> Callable[[Callable], Callable]:
             finally:
                 _set_handler(signal.SIG_IGN)
             console.print(f"[yellow]interrupted:[/yellow] {escape(said)}", soft_wrap=True)
-            raise SystemExit(EXIT_CODE)
+            _exit()
         return command
     return decorate
 
 
-def exit_on_interrupt_until_a_command_starts() -> None:
-    """While the process is still loading (its imports, reading its arguments) and nothing is under
-    way: Ctrl-C prints one line and exits with 130 at once. A command (interruptible) takes over."""
+_exit_at_once = False       # set for a process that runs commands: see exit_promptly_on_interrupt
+
+
+def exit_promptly_on_interrupt() -> None:
+    """For a process that runs commands (tasks.py calls this as it loads): until a command starts,
+    nothing is under way and Ctrl-C prints one line and exits with 130 at once; an interrupted
+    command, once it has said what it kept, exits without Python's teardown of every module (a
+    second, and several on a busy machine, with nothing left to do)."""
+    global _exit_at_once
+    _exit_at_once = True
     _set_handler(_nothing_started)
 
 
 def _nothing_started(signum: int, frame: Any) -> None:
     _set_handler(signal.SIG_IGN)
     console.print("[yellow]interrupted:[/yellow] nothing was started", soft_wrap=True)
+    _exit()
+
+
+def _exit() -> None:
+    """Exit with 130: at once for a command's process, else by SystemExit."""
+    if _exit_at_once:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
+        os._exit(EXIT_CODE)
     raise SystemExit(EXIT_CODE)
 
 
@@ -133,8 +154,21 @@ class _WorkerIgnoresInterrupts:
     def __call__(self, worker_id: int) -> None:
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})   # held since the fork: see worker_batches
+        sys.excepthook = _quiet_about_broken_hand_offs(sys.excepthook)
         if self.then is not None:
             self.then(worker_id)
+
+
+def _quiet_about_broken_hand_offs(report: Callable) -> Callable:
+    """A worker hands each batch's shared memory to the main process over a socket (torch shares
+    tensors by file descriptor; multiprocessing's resource_sharer thread sends them, and reports
+    whatever goes wrong through sys.excepthook). When the main process is interrupted in the middle
+    of one, the connection breaks and the worker would print a traceback: the main process no longer
+    wants that batch, which is no error of the worker's. Anything else is reported as before."""
+    def excepthook(kind: type, error: BaseException, trace: Any) -> None:
+        if not issubclass(kind, (EOFError, ConnectionError)):
+            report(kind, error, trace)
+    return excepthook
 
 
 @contextmanager
