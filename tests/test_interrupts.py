@@ -329,6 +329,14 @@ class HandOffReports(Dataset):
         return printed.getvalue()
 
 
+def test_leaving_the_loop_early_stops_the_workers_too():
+    loader = DataLoader(SlowItems(), batch_size=2, num_workers=2, collate_fn=list)
+    with worker_batches(loader) as batches:
+        for batch in batches:
+            break
+    assert multiprocessing.active_children() == []
+
+
 def test_a_worker_prints_no_traceback_for_a_hand_off_the_interrupted_main_process_broke_off():
     loader = DataLoader(HandOffReports(), batch_size=1, num_workers=1, collate_fn=list)
     with worker_batches(loader) as batches:

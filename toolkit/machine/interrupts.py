@@ -173,8 +173,9 @@ def _quiet_about_broken_hand_offs(report: Callable) -> Callable:
 
 @contextmanager
 def worker_batches(loader) -> Iterator[Iterator]:
-    """Iterate a torch DataLoader whose workers ignore Ctrl-C, and stop them at once when the block
-    ends early (Ctrl-C, out of time, an error) rather than waiting up to 5 s for each.
+    """Iterate a torch DataLoader (without persistent workers) whose workers ignore Ctrl-C, and stop
+    them at once when the block ends before the batches do (Ctrl-C, out of time, an error, a break)
+    rather than waiting up to 5 s for each.
 
     The workers start with SIGINT held (caught and blocked while they are forked or spawned), so
     not even a Ctrl-C during their start reaches them; one pressed meanwhile is raised here after."""
@@ -189,9 +190,8 @@ def worker_batches(loader) -> Iterator[Iterator]:
         if pressed:
             _deliver_held_press()
         yield batches
-    except BaseException:
-        _stop_workers(batches)
-        raise
+    finally:
+        _stop_workers(batches)      # after the last batch torch has stopped them: nothing to do
 
 
 @contextmanager
@@ -209,9 +209,10 @@ def _sigint_blocked() -> Iterator[None]:
 
 
 def _stop_workers(batches) -> None:
-    """Stop a multi-process DataLoader iterator's workers now. torch's own shutdown tells them to
-    stop, waits MP_STATUS_CHECK_INTERVAL (5 s) for each, then terminates those still running; it has
-    no public call with a shorter wait, so its interval is shortened for this one call."""
+    """Stop a multi-process DataLoader iterator's workers now (once stopped, nothing). torch's own
+    shutdown tells them to stop, waits MP_STATUS_CHECK_INTERVAL (5 s) for each, then terminates
+    those still running; it has no public call with a shorter wait, so its interval is shortened
+    for this one call."""
     from torch.utils.data import _utils
 
     usual = _utils.MP_STATUS_CHECK_INTERVAL
