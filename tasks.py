@@ -173,16 +173,16 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
     "url": "the archive's link: http(s), or a Google Drive share link (https://drive.google.com/file/d/<id>/view)",
     "to": "folder to unpack into (default: data/<name>, the name taken from the link or the server)",
     "sha256": "expected SHA-256 of the archive: a mismatch is an error and the file is not used",
+    "limits": "what the archive may unpack to, e.g. size=40GB,files=500000,ratio=200 (default size=20GB,files=200000,ratio=100)",
 })
-def download(c, url, to=None, sha256=None):
+def download(c, url, to=None, sha256=None, limits=None):
     """Download a competition archive (resumable), check it and unpack it safely; a finished one is not repeated."""
-
     from toolkit.machine.console import console, warn
     from toolkit.data.dataset import describe
     from toolkit.data.download import DownloadError, download as download_archive
 
     try:
-        result = download_archive(url, to=to, sha256=sha256)
+        result = download_archive(url, to=to, sha256=sha256, limits=limits)
     except DownloadError as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
@@ -313,7 +313,7 @@ def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all
     "group": "team name (default: the setting `group`)",
     "url": "server URL, e.g. http://tatooine.disi.unitn.it:3001/retrieval/ (default: the setting `server_url`)",
     "dry-run": "check the submission and the settings; send and record nothing",
-    "timeout": "seconds to wait for the server's answer",
+    "timeout": "seconds the whole exchange may take: connecting, sending, every read and retry",
     "retries": "extra tries after a connection error or an HTTP 5xx, waiting 1, 2, 4 ... s",
     "leaderboard": LEADERBOARD_HELP,
 })

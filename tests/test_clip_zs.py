@@ -1,5 +1,3 @@
-import time
-
 import pytest
 
 from strategies import create_strategy, parse_strategy_specs
@@ -19,12 +17,10 @@ def test_missing_weights_fail_with_one_clear_line():
     if status.available_offline:
         pytest.skip("ViT-B-32/openai is cached on this machine")
     assert "not cached" in status.detail
-    started = time.monotonic()
     with pytest.raises(WeightsUnavailable) as caught:
         strategy.fit([]).encoder
     message = str(caught.value)
     assert "ViT-B-32" in message and "openai" in message and "\n" not in message
-    assert time.monotonic() - started < 120
 
 
 def test_unknown_pretrained_tag_lists_the_known_ones():

@@ -271,6 +271,16 @@ def test_invoke_download_from_the_command_line(server, tmp_path):
     assert "Traceback" not in missing.stdout + missing.stderr
 
 
+def test_invoke_download_takes_unpacking_limits(server, tmp_path):
+    server.files["/comp.zip"] = make_zip(competition_files(payload=2_000))
+    small = invoke("download", server.url("/comp.zip"), "--limits", "size=5KB", cwd=tmp_path)
+    assert small.returncode == 1 and "--limits size=" in small.stdout
+    assert "Traceback" not in small.stdout + small.stderr and not (tmp_path / "data" / "comp").exists()
+    roomy = invoke("download", server.url("/comp.zip"), "--limits", "size=1MiB,files=100", cwd=tmp_path)
+    assert roomy.returncode == 0, roomy.stdout + roomy.stderr
+    assert (tmp_path / "data" / "comp" / MARKER_NAME).is_file()
+
+
 # --- a deadline on every transfer: a stall limit and a total limit -----------------------------------
 
 

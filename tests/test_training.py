@@ -30,19 +30,19 @@ def test_stops_at_its_deadline():
     model, step_fn, batches = tiny_problem()
     step_seconds = 0.1
 
+    started_at = []
+
     def slow_step(rows):
+        started_at.append(time.monotonic())
         time.sleep(step_seconds)
         return step_fn(rows)
 
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-    started = time.monotonic()
-    deadline = started + 0.5
+    deadline = time.monotonic() + 0.5
     result = train_until(model, slow_step, batches, optimizer, max_steps=1000, deadline=deadline)
-    elapsed = time.monotonic() - started
     assert isinstance(result, TrainingResult)
-    assert result.stopped_by == "deadline"
-    assert 3 <= result.steps <= 6
-    assert elapsed < 0.5 + step_seconds + 0.05
+    assert result.stopped_by == "deadline" and result.steps == len(started_at) >= 1
+    assert all(started < deadline for started in started_at)     # no step begun once the deadline passed
 
 
 def test_evaluation_after_the_deadline_is_skipped():
@@ -183,7 +183,7 @@ def test_seconds_per_step_probe_restores_state():
     before = {key: value.clone() for key, value in model.state_dict().items()}
     seconds = seconds_per_step(model, lambda rows: (time.sleep(0.02), step_fn(rows))[1], batches, optimizer,
                                steps=3)
-    assert 0.02 <= seconds < 0.5
+    assert seconds >= 0.02                              # each probed step sleeps 0.02 s: measured, not guessed
     assert all(torch.equal(value, before[key]) for key, value in model.state_dict().items())
     assert optimizer.state_dict()["state"] == {}
 

@@ -11,6 +11,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit.data.images import UnreadableImage, load_rgb
+from toolkit.machine.interrupts import worker_batches
 
 
 class DecodedFiles(Dataset):
@@ -44,5 +45,6 @@ def decode_files(paths: Sequence, prepare: Callable[[Image.Image], Any], num_wor
         return
     loader = DataLoader(DecodedFiles(paths, prepare), batch_size=batch_size, num_workers=num_workers,
                         collate_fn=_as_list, persistent_workers=False)
-    for items in loader:
-        yield from items
+    with worker_batches(loader) as batches:     # workers leave Ctrl-C to this process; stopped at once
+        for items in batches:
+            yield from items

@@ -101,7 +101,7 @@ def schedule(entries: Sequence, trains, estimate) -> list:
     return sorted(entries, key=key)
 
 
-# --- stopping on time, and not stopping while writing -------------------------------------------
+# --- stopping on time ---------------------------------------------------------------------------
 
 
 def _in_main_thread() -> bool:
@@ -128,18 +128,3 @@ def hard_stop(at: float | None) -> Iterator[None]:
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
-
-
-@contextmanager
-def holding_interrupts() -> Iterator[list]:
-    """Hold Ctrl-C (SIGINT) while the block runs: for the final writes of a race, so that a second
-    Ctrl-C cannot leave them half done. Yields a list that is non-empty once Ctrl-C was pressed."""
-    pressed: list[bool] = []
-    if not _in_main_thread():
-        yield pressed
-        return
-    previous = signal.signal(signal.SIGINT, lambda signum, frame: pressed.append(True))
-    try:
-        yield pressed
-    finally:
-        signal.signal(signal.SIGINT, signal.default_int_handler if previous is None else previous)

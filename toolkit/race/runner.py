@@ -26,7 +26,8 @@ from typing import Sequence
 from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import WeightsUnavailable
-from toolkit.race.budget import Budget, OutOfTime, hard_stop, holding_interrupts, images_after_fit, reserve_seconds, schedule
+from toolkit.machine.interrupts import holding_interrupts
+from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import Fitted, RaceContext, Strategy
 from toolkit.race.evaluation import as_fold, evaluate
@@ -63,16 +64,20 @@ def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Race
     yardstick = Yardstick.make(data.training, config.held_out_fraction, config.seed, config.gallery_pattern,
                                config.max_folds, gallery_per_query(data) if config.test_shaped else None)
     observer.split(yardstick)
-    recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded())
-    entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name, trains=strategy.trains,
-                                      options=dict(strategy.options))) for strategy in strategies]
-    race = _Race(data, yardstick, budget, recorder, config, observer, runs=[run for _, run in entries])
+    with holding_interrupts() as pressed:   # the race row is not begun without the code that ends it
+        recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded())
+        entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name, trains=strategy.trains,
+                                          options=dict(strategy.options))) for strategy in strategies]
+        race = _Race(data, yardstick, budget, recorder, config, observer, runs=[run for _, run in entries])
     try:
+        if pressed:
+            raise KeyboardInterrupt
         with observer.watching(race.runs, budget):
             race.run_strategies(entries)
             race.run_ensemble(config.ensemble_size)
     except KeyboardInterrupt:
-        race.interrupt()
+        with holding_interrupts():          # a second Ctrl-C must not cut the recording of the runs
+            race.interrupt()
     return race.finish()
 
 
