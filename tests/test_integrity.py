@@ -3,7 +3,6 @@ recorded once however often the race records it (a Ctrl-C just after the commit 
 attempt interrupted while sending that does not stay "sending", and a damaged leaderboard page
 that gets one clear line. Real files, a real SQLite file, real subprocesses on loopback."""
 import json
-import os
 import signal
 import sqlite3
 import subprocess
@@ -18,6 +17,7 @@ from sqlmodel import Session
 from tests.conftest import PROJECT
 from tests.racing import race
 from tests.test_server import NeverAnswers, _submission, misbehaving
+from tests.test_submit import environment  # noqa: F401  (the fixture: leaderboard in tmp_path, no config, no server)
 from toolkit.data.dataset import find_competition
 from toolkit.race.runs import RaceInterrupted, StrategyRun
 from toolkit.records.recorder import RaceRecorder
@@ -28,15 +28,6 @@ from toolkit.submit.submission import load_submission, save_submission
 def _invoke(*arguments, env, **popen):
     return subprocess.Popen([sys.executable, "-m", "invoke", "--search-root", str(PROJECT), *arguments],
                             cwd=PROJECT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env, **popen)
-
-
-@pytest.fixture
-def environment(tmp_path):
-    env = {**os.environ, "COLUMNS": "200", "RETRIEVAL_RACE_LEADERBOARD": str(tmp_path / "leaderboard.db"),
-           "RETRIEVAL_RACE_CONFIG": str(tmp_path / "no-such-config.toml")}
-    for variable in ("RETRIEVAL_RACE_URL", "RETRIEVAL_RACE_GROUP"):
-        env.pop(variable, None)
-    return env
 
 
 # --- submission files --------------------------------------------------------------------------
