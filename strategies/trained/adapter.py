@@ -130,18 +130,15 @@ class Adapter(Strategy):
         "evaluate_every": 50, "held_out_fraction": 0.15, "gallery_pattern": None,
     }
 
+    CHOICES = {"loss": LOSS_NAMES}
+
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(f"adapter has no option {', '.join(unknown)}; known: {', '.join(sorted(self.DEFAULTS))}")
         super().__init__(**options)
-        self.settings = {**self.DEFAULTS, **options}
-        if self.settings["loss"] not in LOSS_NAMES:
-            raise ValueError(f"adapter loss {self.settings['loss']!r} is not one of {', '.join(LOSS_NAMES)}")
         mix = self.settings["mix"]
         if mix is not None and not 0.0 <= float(mix) <= 1.0:
             raise ValueError(f"adapter mix is a weight in [0, 1] (or None to choose it), not {mix!r}")
         self.base_name, self.base_options = _base_spec(str(self.settings["base"]), self.settings["base_options"])
+        self.base_strategy()            # the base's options are checked now, before any race
         self._base_encoder: Encoder | None = None
 
     def base_strategy(self) -> Strategy:
@@ -157,10 +154,12 @@ class Adapter(Strategy):
         status = self.base_strategy().weights_status()
         return WeightsStatus(status.available_offline, f"base {self.base_name}: {status.detail}")
 
-    def _base_cost(self, paths: Sequence, context: RaceContext) -> float:
-        """The base's cost of embedding those of `paths` that are not in its cache yet."""
-        missing = context.uncached(self.base_encoder(), paths)
-        return self.base_strategy().estimate_seconds(len(missing))
+    def _base_cost(self, training: Sequence, pending: Sequence, context: RaceContext) -> float:
+        """The base's cost of the model passes not in its cache yet: `training` plain (the fit's
+        inputs), `pending` as the race embeds them (mirrored too unless flip is off)."""
+        encoder = self.base_encoder()
+        passes = context.passes(encoder, training, flip_tta=False) + context.passes(encoder, pending)
+        return self.base_strategy().estimate_seconds(passes, context)
 
     def estimate(self, training: Sequence, context: RaceContext) -> float:
         """The base's cost of embedding the training images and the race's pending images (those
@@ -170,12 +169,12 @@ class Adapter(Strategy):
         steps_cost = (SECONDS_PER_STEP_CPU * int(self.settings["steps"]) + 2.0) * max(1, context.fits)
         if not context.pending_images:
             return self.base_strategy().estimate_seconds(len(training) + context.images_after_fit) + steps_cost
-        return self._base_cost([item.path for item in training] + list(context.pending_images), context) + steps_cost
+        return self._base_cost([item.path for item in training], list(context.pending_images), context) + steps_cost
 
     def estimate_seconds(self, n_images: int, context: RaceContext | None = None) -> float:
         """Embedding after the fit is the base's embedding (projected): only uncached images cost."""
         if context is not None and context.pending_images:
-            return self._base_cost(list(context.pending_images), context)
+            return self._base_cost([], list(context.pending_images), context)
         return self.base_strategy().estimate_seconds(n_images)
 
     def fit(self, training: Sequence, context: RaceContext | None = None,

@@ -21,7 +21,7 @@ from strategies.base import Fitted, WeightsStatus, WeightsUnavailable, fingerpri
 from strategies.trained.image_training import TrainedImageStrategy, TrainingData, TrainingSetup, training_report
 from strategies.zero_shot.clip_zs import ClipImageEncoder
 from toolkit.models.backbones import clip_backbone
-from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_weights_status
+from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_model_names, clip_weights_status
 from toolkit.models.transforms import preceded_by
 from toolkit.models.weights import first_line
 from toolkit.training.freezing import Trainee, set_trainable, state_digest, tail_parameter_names
@@ -104,6 +104,8 @@ class ClipFineTune(TrainedImageStrategy):
     own_defaults = {"model": DEFAULT_MODEL, "pretrained": DEFAULT_PRETRAINED, "objective": "flyp",
                     "unfreeze_blocks": 2, "lr": 1e-5, "wise_ratios": WISE_RATIOS,
                     "prompt": "a photo of {}", "temperature": 0.1}
+    CHOICES = {**TrainedImageStrategy.CHOICES, "objective": OBJECTIVES,
+               "model": lambda options: clip_model_names(options["model"])}
 
     def __init__(self, **options: Any):
         super().__init__(**options)
@@ -111,9 +113,6 @@ class ClipFineTune(TrainedImageStrategy):
         settings["pretrained"] = settings["pretrained"] or None
         settings["wise_ratios"] = parse_ratios(settings["wise_ratios"])
         settings["temperature"] = float(settings["temperature"])
-        if settings["objective"] not in OBJECTIVES:
-            raise ValueError(f"clip-ft: objective must be one of {', '.join(OBJECTIVES)}, "
-                             f"not {settings['objective']!r}")
         if "{}" not in str(settings["prompt"]):
             raise ValueError(f"clip-ft: prompt must hold {{}} where the identity's name goes, "
                              f"not {settings['prompt']!r}")

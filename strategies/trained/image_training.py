@@ -86,19 +86,18 @@ class TrainedImageStrategy(Strategy):
     """
 
     trains = True
-    own_defaults: ClassVar[dict[str, Any]] = {}
+    own_defaults: ClassVar[dict[str, Any]] = {}       # DEFAULTS: TRAINING_DEFAULTS and these
+    CHOICES = {"unfreeze": UNFREEZE_CHOICES}
+    HINTS = {"batch_size": "the batch is identities_per_batch x images_per_identity"}
     # evaluations of the inner validation split that finish() runs after training
     final_evaluations: ClassVar[int] = 0
 
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        cls.DEFAULTS = {**TRAINING_DEFAULTS, **cls.own_defaults}
+
     def __init__(self, **options: Any):
-        known = {**TRAINING_DEFAULTS, **self.own_defaults}
-        unknown = sorted(set(options) - set(known))
-        if unknown:
-            hint = " (the batch is identities_per_batch x images_per_identity)" if "batch_size" in unknown else ""
-            raise ValueError(f"{self.name}: unknown option(s) {', '.join(unknown)}{hint}; "
-                             f"known: {', '.join(sorted(known))}")
         super().__init__(**options)
-        self.settings = {**known, **options}
         settings = self.settings
         for key in ("steps", "unfreeze_blocks", "identities_per_batch", "images_per_identity", "evaluate_every"):
             settings[key] = int(settings[key])
@@ -107,9 +106,6 @@ class TrainedImageStrategy(Strategy):
         for key in ("augment", "face_crop", "freeze_batchnorm", "evaluate_at_start"):
             settings[key] = as_bool(settings[key])
         settings["seed"] = int(settings["seed"])
-        if settings["unfreeze"] not in UNFREEZE_CHOICES:
-            raise ValueError(f"{self.name}: unfreeze must be one of {', '.join(UNFREEZE_CHOICES)}, "
-                             f"not {settings['unfreeze']!r}")
         if settings["steps"] < 0 or settings["unfreeze_blocks"] < 0:
             raise ValueError(f"{self.name}: steps and unfreeze_blocks must be >= 0")
         if settings["identities_per_batch"] < 2 or settings["images_per_identity"] < 2:

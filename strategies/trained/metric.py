@@ -27,6 +27,7 @@ from strategies.zero_shot.clip_zs import ClipZeroShot
 from strategies.zero_shot.cnn_zs import CnnZeroShot, as_bool
 from strategies.zero_shot.face_zs import FaceZeroShot
 from toolkit.models.backbones import Backbone, backbone_status, create_backbone, parse_backbone
+from toolkit.models.cnn import POOLINGS
 from toolkit.models.transforms import preceded_by
 from toolkit.training.freezing import Trainee, set_trainable, state_digest, tail_parameter_names
 from toolkit.training.losses import LOSS_DEFAULTS, make_loss
@@ -71,11 +72,12 @@ class MetricLearningStrategy(TrainedImageStrategy):
     images_per_second_cpu = 20.0
     loss_name: ClassVar[str]            # a toolkit.training.losses name; its options are the strategy's
     final_evaluations = 0
+    CHOICES = {**TrainedImageStrategy.CHOICES, "pooling": POOLINGS}
 
     def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
         cls.own_defaults = {"backbone": "cnn:efficientnet_lite0", "pretrained": True, "pooling": "avg",
                             "embedding_dim": 256, "image_size": 224, **LOSS_DEFAULTS[cls.loss_name]}
+        super().__init_subclass__(**kwargs)     # DEFAULTS from own_defaults
 
     def __init__(self, **options: Any):
         super().__init__(**options)

@@ -15,25 +15,31 @@ import torch
 from strategies import register
 from strategies.base import Fitted, Strategy, TorchEncoder, WeightsStatus
 from toolkit.models.backbones import Backbone, clip_backbone
-from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_weights_status
+from toolkit.models.clip import DEFAULT_MODEL, DEFAULT_PRETRAINED, clip_model_names, clip_weights_status
 
 __all__ = ["DEFAULT_MODEL", "DEFAULT_PRETRAINED", "ClipImageEncoder", "ClipZeroShot"]
 
 
 @register
 class ClipZeroShot(Strategy):
+    """Options: model (open_clip's name, ViT-B-32), pretrained (a tag, a checkpoint file, or empty
+    for a seeded random init; openai), batch_size (32), device (None: the fastest), seed (0)."""
+
     name = "clip-zs"
     summary = "open_clip image embeddings, zero-shot (any model / pretrained pair)"
     images_per_second_cpu = 6.0
+    DEFAULTS = {"model": DEFAULT_MODEL, "pretrained": DEFAULT_PRETRAINED, "batch_size": 32, "device": None, "seed": 0}
+    CHOICES = {"model": lambda options: clip_model_names(options["model"])}
 
-    def __init__(self, model: str = DEFAULT_MODEL, pretrained: str | None = DEFAULT_PRETRAINED,
-                 batch_size: int = 32, device: str | None = None, seed: int = 0, **options: Any):
-        super().__init__(model=model, pretrained=pretrained, **options)
-        self.model_name = model
-        self.pretrained = pretrained or None
-        self.batch_size = batch_size
-        self.device = device
-        self.seed = seed
+    def __init__(self, **options: Any):
+        # model and pretrained are always part of its label: clip-zs[model=ViT-B-32,pretrained=openai]
+        super().__init__(**{"model": DEFAULT_MODEL, "pretrained": DEFAULT_PRETRAINED, **options})
+        settings = self.settings
+        self.model_name = str(settings["model"])
+        self.pretrained = settings["pretrained"] or None
+        self.batch_size = int(settings["batch_size"])
+        self.device = settings["device"] or None
+        self.seed = int(settings["seed"])
 
     def weights_status(self) -> WeightsStatus:
         return clip_weights_status(self.model_name, self.pretrained)

@@ -19,8 +19,6 @@ from strategies.base import Fitted, Strategy, TorchEncoder, WeightsStatus, finge
 from toolkit.models.backbones import Backbone, backbone_status, create_backbone
 from toolkit.models.cnn import DEFAULT_BACKBONE, POOLINGS
 
-OPTIONS = ("backbone", "pretrained", "pooling", "gem_p", "image_size", "batch_size", "device", "seed")
-
 
 def as_bool(value: Any) -> bool:
     """An option's truth: the strings false/no/off/0/none/"" are False."""
@@ -35,21 +33,21 @@ class CnnZeroShot(Strategy):
     summary = "pooled ImageNet CNN features, zero-shot (EfficientNet-Lite0 offline by default)"
     images_per_second_cpu = 29.0
 
+    DEFAULTS = {"backbone": DEFAULT_BACKBONE, "pretrained": True, "pooling": "avg", "gem_p": 3.0, "image_size": 224,
+                "batch_size": 32, "device": None, "seed": 0}
+    CHOICES = {"pooling": POOLINGS}
+
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(OPTIONS))
-        if unknown:
-            raise ValueError(f"cnn-zs: unknown option(s) {', '.join(unknown)}; known: {', '.join(OPTIONS)}")
         super().__init__(**options)
-        self.backbone = str(options.get("backbone", DEFAULT_BACKBONE))
-        self.pretrained = as_bool(options.get("pretrained", True))
-        self.pooling = str(options.get("pooling", "avg"))
-        self.gem_p = float(options.get("gem_p", 3.0))
-        self.image_size = int(options.get("image_size", 224))
-        self.batch_size = int(options.get("batch_size", 32))
-        self.device = options.get("device") or None
-        self.seed = int(options.get("seed", 0))
-        if self.pooling not in POOLINGS:
-            raise ValueError(f"cnn-zs: pooling must be one of {', '.join(POOLINGS)}, not {self.pooling!r}")
+        settings = self.settings
+        self.backbone = str(settings["backbone"])
+        self.pretrained = as_bool(settings["pretrained"])
+        self.pooling = str(settings["pooling"])
+        self.gem_p = float(settings["gem_p"])
+        self.image_size = int(settings["image_size"])
+        self.batch_size = int(settings["batch_size"])
+        self.device = settings["device"] or None
+        self.seed = int(settings["seed"])
         if not self.gem_p > 0:
             raise ValueError(f"cnn-zs: gem_p must be positive, not {self.gem_p}")
         if self.image_size < 32:

@@ -19,6 +19,17 @@ DEFAULT_PRETRAINED = "openai"
 # The namespace of a CLIP model's identity; clip-zs uses the identity as its fingerprint, so what
 # a fine-tuned model that ends up with the zero-shot weights embeds shares clip-zs's cache.
 IDENTITY_TAG = "clip-zs"
+RESOLVED_BY_OPEN_CLIP = ("hf-hub:", "local-dir:")   # model names open_clip finds itself, not in its list
+
+
+def clip_model_names(model: str) -> list[str] | None:
+    """The model names open_clip knows (configs registered with add_model_config included), to check
+    `model` against; None when `model` is a hub or local-folder name, which open_clip resolves itself."""
+    if str(model).startswith(RESOLVED_BY_OPEN_CLIP):
+        return None
+    import open_clip
+
+    return list(open_clip.list_models())
 
 
 class ClipVisual(nn.Module):
