@@ -62,6 +62,7 @@ def encode_all(encoder, items, flip: bool = False):
     for offset in range(0, len(items), encoder.batch_size):
         batch = encoder.collate(items[offset:offset + encoder.batch_size])
         parts.append(encoder.encode(batch))
+        encoder.add_stats(encoder.batch_stats(batch))
     seconds = time.perf_counter() - start
     plain = np.concatenate(parts)
     if not flip:

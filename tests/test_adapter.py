@@ -183,9 +183,14 @@ def test_estimate_leaves_out_what_the_base_has_cached(base, competition, tmp_pat
     pending = tuple(competition.queries) + tuple(competition.gallery)
     context = quiet(cache_dir, pending_images=pending, images_after_fit=len(pending))
     cold = adapter.estimate(competition.training, context)
+    after_cold = adapter.estimate_seconds(len(pending), context)
     embed_images(adapter.base_encoder(), pending, cache_dir=cache_dir, num_workers=0, show_progress=False)
     warm = adapter.estimate(competition.training, context)
     assert warm < cold
+    # flip is undecided in this context: the mirrored passes are still to come, and only they
+    assert adapter.estimate_seconds(len(pending), context) == after_cold / 2 > 0
+    embed_images(adapter.base_encoder(), pending, cache_dir=cache_dir, mirrored_too=True, num_workers=0,
+                 show_progress=False)
     assert adapter.estimate_seconds(len(pending), context) == 0.0
 
 
@@ -194,7 +199,8 @@ def test_an_estimate_of_several_fits_counts_the_base_embedding_once(base, compet
     paths = tuple(competition.queries) + tuple(competition.gallery)        # what the race embeds after
     once = adapter.estimate(competition.training, quiet(tmp_path, pending_images=paths))
     thrice = adapter.estimate(competition.training, quiet(tmp_path, pending_images=paths, fits=3))
-    embedding = adapter.base_strategy().estimate_seconds(len(competition.training) + len(paths))  # none cached
+    # none cached: the training images plain, what the race embeds plain and mirrored (flip undecided)
+    embedding = adapter.base_strategy().estimate_seconds(len(competition.training) + 2 * len(paths))
     assert embedding > 0 and once > embedding
     assert thrice - once == pytest.approx(2 * (once - embedding))          # the steps, twice more
     assert thrice < 3 * once

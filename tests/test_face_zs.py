@@ -177,7 +177,9 @@ def test_no_face_uses_fallback_and_is_counted():
     items = [encoder.preprocess(image) for image in (grey, noise, tiny)]
     assert [found_by for _, found_by in items] == [None, None, None]
     assert all(chip.shape == (150, 150, 3) and chip.dtype == np.uint8 for chip, _ in items)
-    embeddings = encoder.encode(encoder.collate(items))
+    batch = encoder.collate(items)
+    embeddings = encoder.encode(batch)
+    encoder.add_stats(encoder.batch_stats(batch))
     assert embeddings.shape == (3, 128) and np.isfinite(embeddings).all()
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     assert (encoder.faces_found, encoder.faces_missed) == (0, 3)
@@ -207,7 +209,9 @@ def test_cascade_finds_faces_hog_missed_in_the_mini_gallery(mini):
         # HOG's faces are cut as before; a CNN face replaces the centre box, a miss keeps it
         assert np.array_equal(chip, plain[index][0]) == (found_by != "cnn")
 
-    embeddings = cascade.encode(cascade.collate(items))
+    batch = cascade.collate(items)
+    embeddings = cascade.encode(batch)
+    cascade.add_stats(cascade.batch_stats(batch))
     assert embeddings.shape == (len(items), 128)
     np.testing.assert_allclose(np.linalg.norm(embeddings, axis=1), 1.0, atol=1e-5)
     cnn = stages.count("cnn")
@@ -217,7 +221,7 @@ def test_cascade_finds_faces_hog_missed_in_the_mini_gallery(mini):
     assert (cascade.faces_found, cascade.faces_missed) == (len(hog) + cnn, centre_boxes)
     assert cascade.report() == (f"faces: {len(hog)} HOG, {cnn} CNN, {centre_boxes} centre box "
                                 f"of {len(items)} newly embedded images")
-    cascade.encode(cascade.flip(cascade.collate(items)))
+    cascade.add_stats(cascade.batch_stats(cascade.flip(batch)))
     assert sum(cascade.stages.values()) == len(items), "a flipped pass is not recounted"
 
 
@@ -251,10 +255,12 @@ def test_flip_is_different_but_close(mini):
     encoder = create_strategy("face-zs").fit([]).encoder
     batch = encoder.collate(mini["items"][:6])
     plain = encoder.encode(batch)
+    encoder.add_stats(encoder.batch_stats(batch))
     counts = (encoder.faces_found, encoder.faces_missed)
     flipped_batch = encoder.flip(batch)
     np.testing.assert_array_equal(flipped_batch[0][0], batch[0][0][:, ::-1])
     flipped = encoder.encode(flipped_batch)
+    encoder.add_stats(encoder.batch_stats(flipped_batch))
     assert (encoder.faces_found, encoder.faces_missed) == counts, "a flipped pass is not recounted"
     cosine = np.sum(plain * flipped, axis=1)
     assert not np.allclose(plain, flipped, atol=1e-3)

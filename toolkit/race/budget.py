@@ -78,9 +78,9 @@ class Budget:
 
 
 def images_after_fit(validation_images: int, test_images: int, flip_tta: bool | None) -> int:
-    """Forward passes a strategy makes once fitted: the validation images plain, and mirrored when
-    flip is undecided (the plain half then comes from the cache), or plain and mirrored when flip
-    is on; then the test set (twice unless flip is off: one setting is embedded there)."""
+    """Forward passes a strategy makes once fitted: the validation images plain, and mirrored
+    unless flip is off (both from one decoded batch); then the test set, plain, and mirrored unless
+    flip is off (at most: validation may choose plain)."""
     validation_passes = {False: 1, True: 2, None: 2}[flip_tta]
     test_passes = 1 if flip_tta is False else 2
     return validation_passes * validation_images + test_passes * test_images

@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from toolkit.models.weights import WeightsStatus
-from toolkit.retrieval.embed import Embeddings, embed_images, uncached_paths
+from toolkit.retrieval.embed import Embeddings, embed_images, passes_to_compute, uncached_paths
 from toolkit.retrieval.encoder import Encoder
 
 
@@ -31,6 +31,7 @@ class RaceContext:
     pending_images      the images the race embeds once the strategy is fitted (validation and
                         test), so an estimate can leave out those already cached
     images_after_fit    forward passes the race makes after fitting (flip passes counted)
+    flip_tta            the race's flip setting (None: validation decides, so mirrored images count)
     fits                how many times the race calls fit(), once per validation fold, each on
                         another part of training; estimate() counts them all (what a strategy
                         computes once and caches, such as a base's embeddings, it counts once)
@@ -41,21 +42,28 @@ class RaceContext:
     gallery_pattern: str | None = None
     pending_images: tuple[Path, ...] = ()
     images_after_fit: int = 0
+    flip_tta: bool | None = None
     fits: int = 1
     cache_dir: Path | None = None
     num_workers: int | None = None
     show_progress: bool = True
 
     def embed(self, encoder: Encoder, paths: Sequence[Path], description: str = "embedding",
-              flip_tta: bool = False, show_progress: bool | None = None) -> Embeddings:
+              flip_tta: bool = False, show_progress: bool | None = None, mirrored_too: bool = False) -> Embeddings:
         """embed_images with the race's cache and workers."""
-        return embed_images(encoder, paths, cache_dir=self.cache_dir, flip_tta=flip_tta,
+        return embed_images(encoder, paths, cache_dir=self.cache_dir, flip_tta=flip_tta, mirrored_too=mirrored_too,
                             num_workers=self.num_workers, description=description,
                             show_progress=self.show_progress if show_progress is None else show_progress)
 
     def uncached(self, encoder: Encoder, paths: Sequence[Path], flip_tta: bool = False) -> list[Path]:
         """Those of `paths` whose embeddings are not in the race's cache yet."""
         return uncached_paths(encoder, paths, cache_dir=self.cache_dir, flip_tta=flip_tta)
+
+    def passes(self, encoder: Encoder, paths: Sequence[Path], flip_tta: bool | None | str = "race") -> int:
+        """Model passes embedding `paths` still costs with the race's cache: plain, and mirrored
+        unless flip is off (`flip_tta`, by default the race's; an encoder that cannot flip: plain)."""
+        flip = self.flip_tta if flip_tta == "race" else flip_tta
+        return passes_to_compute(encoder, paths, self.cache_dir, flip if encoder.flippable else False)
 
 
 @dataclass

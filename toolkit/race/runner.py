@@ -94,6 +94,7 @@ class _Race:
     runs: list[StrategyRun]
     interrupted: bool = False
     recorded: set[int] = field(default_factory=set)
+    prepared: dict[int, Fitted] = field(default_factory=dict)   # zero-shot fits made to estimate, by run
 
     @property
     def validation_paths(self) -> list[Path]:
@@ -116,6 +117,7 @@ class _Race:
         return RaceContext(gallery_pattern=config.gallery_pattern,
                            pending_images=tuple(self.validation_paths + self.test_paths),
                            images_after_fit=images_after_fit(len(folds), len(self.test_paths), config.flip_tta),
+                           flip_tta=config.flip_tta,
                            cache_dir=config.cache_dir, num_workers=config.num_workers,
                            show_progress=config.show_progress)
 
@@ -138,12 +140,25 @@ class _Race:
         run.status = "estimating"
         try:
             with hard_stop(self.budget.end):
-                run.estimate = float(strategy.estimate(self.yardstick.folds[0].fit, self.context_for(strategy, context)))
+                self.prepare(strategy, run)
+                run.estimate = float(strategy.estimate(self.yardstick.folds[0].fit,
+                                                       self.context_for(strategy, context, run)))
             run.status = "queued"
         except OutOfTime:
             self.end_run(run, "timed-out", "still estimating when the budget ended")
         except Exception as error:  # a failed probe ends this strategy, not the race
             self.end_run(run, "failed", "estimate failed: " + self.failure(run, error))
+
+    def prepare(self, strategy: Strategy, run: StrategyRun) -> None:
+        """A zero-shot strategy is fitted (its model loaded) before it is estimated, so that its
+        estimate counts only the images its encoder has not cached; the race then uses this fit.
+        One that fails here is left to fail in its run, with the reason."""
+        if strategy.trains or id(run) in self.prepared:
+            return
+        try:
+            self.prepared[id(run)] = strategy.fit([], self.context_for(strategy, self.context))
+        except Exception:   # noqa: BLE001 - the same error is reported when the run fits
+            pass
 
     def race_strategy(self, strategy: Strategy, run: StrategyRun, context: RaceContext) -> None:
         if self.budget.limited and strategy.trains:
@@ -172,19 +187,24 @@ class _Race:
         """How many fits a strategy makes: one per fold when it trains, else one."""
         return len(self.yardstick.folds) if strategy.trains else 1
 
-    def context_for(self, strategy: Strategy, context: RaceContext) -> RaceContext:
+    def context_for(self, strategy: Strategy, context: RaceContext, run: StrategyRun | None = None) -> RaceContext:
         """A trained strategy is fitted once per fold; a zero-shot one once, and it embeds the
-        choice split, not the folds, after fitting."""
+        choice split, not the folds, after fitting: the model passes its encoder has not cached
+        yet, when it was fitted to be estimated (prepare), else every image's."""
         if strategy.trains:
             return replace(context, fits=self.folds_for(strategy))
-        return replace(context, images_after_fit=images_after_fit(len(self.yardstick.choice_paths),
-                                                                  len(self.test_paths), self.config.flip_tta))
+        fitted = self.prepared.get(id(run)) if run is not None else None
+        if fitted is None:
+            passes = images_after_fit(len(self.yardstick.choice_paths), len(self.test_paths), self.config.flip_tta)
+        else:
+            passes = context.passes(fitted.encoder, self.yardstick.choice_paths + self.test_paths)
+        return replace(context, images_after_fit=passes)
 
     def fit(self, strategy: Strategy, run: StrategyRun, context: RaceContext) -> list[Fitted]:
         """The strategy's encoders, one per fold it fits on; a training loop stops at a deadline that
         leaves time to embed (with several folds, the time to the deadline is shared among them)."""
         run.status = "fitting"
-        context = self.context_for(strategy, context)
+        context = self.context_for(strategy, context, run)
         run.deadline = self.budget.fit_deadline(
             reserve_seconds(strategy.estimate_seconds(context.images_after_fit, context)))
         started = time.monotonic()
@@ -193,7 +213,8 @@ class _Race:
             left = folds - number           # the last fit gets the run's deadline itself
             deadline = run.deadline if run.deadline is None or left == 1 else \
                 time.monotonic() + (run.deadline - time.monotonic()) / left
-            fits.append(strategy.fit(fold.fit, context, deadline))
+            prepared = self.prepared.pop(id(run), None)
+            fits.append(prepared or strategy.fit(fold.fit, context, deadline))
         run.fit_seconds = time.monotonic() - started
         if run.deadline is not None and time.monotonic() > run.deadline + OVERRUN_TOLERANCE:
             run.notes.append(f"fit overran its deadline by {time.monotonic() - run.deadline:.0f}s")
@@ -210,8 +231,9 @@ class _Race:
         flip_tta = self.config.flip_tta
         flips = [flip_tta] if flip_tta is not None else ([False, True] if encoder.flippable else [False])
         recipes = None if self.config.post_process else [PLAIN]
-        evaluation = evaluate(encoders, not strategy.trains, self.yardstick, flips, recipes,
-                              embed=lambda enc, paths, flip, what: self.embed(enc, run, paths, flip, what))
+        evaluation = evaluate(encoders, not strategy.trains, self.yardstick, flips, recipes,  # plain and
+                              embed=lambda enc, paths, flip, what:          # mirrored in one pass
+                              self.embed(enc, run, paths, flip, what, mirrored_too=len(flips) > 1))
         self.observer.unreadable("training", evaluation.first.unreadable)
         run.validation, run.baseline = evaluation.validation, evaluation.baseline
         run.flip_tta, run.post_processing = evaluation.flip, evaluation.recipe
@@ -247,9 +269,12 @@ class _Race:
         run.notes.append(f"test ranked with the {len(tests)} folds' encoders fused")
         return fuse_embeddings(tests, [1.0] * len(tests))
 
-    def embed(self, encoder, run: StrategyRun, paths: Sequence[Path], flip: bool, what: str) -> Embeddings:
-        embeddings = self.context.embed(encoder, paths, flip_tta=flip,
-                                        description=f"{run.label} {what}{' (flip)' if flip else ''}")
+    def embed(self, encoder, run: StrategyRun, paths: Sequence[Path], flip: bool, what: str,
+              mirrored_too: bool = False) -> Embeddings:
+        """Embed for this run; `mirrored_too`: the mirrored embeddings as well (flip is tried next)."""
+        side = " (flip)" if flip else " (+mirrored)" if mirrored_too and encoder.flippable else ""
+        embeddings = self.context.embed(encoder, paths, flip_tta=flip, mirrored_too=mirrored_too,
+                                        description=f"{run.label} {what}{side}")
         run.embed_seconds += embeddings.seconds
         return embeddings
 

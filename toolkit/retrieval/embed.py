@@ -1,16 +1,18 @@
 """Batched embedding extraction with an on-disk cache.
 
 Decoding and preprocessing run in DataLoader worker processes, overlapped with the model in the
-main process; the model runs under inference_mode (and autocast on CUDA, inside the Encoder).
-Optional flip test-time augmentation averages each image's embedding with its mirror's; the
-plain half comes from the cache when the plain pass has run.
-A DerivedEncoder (e.g. an adapter) is served from its base's embeddings.
+main process; the model runs under inference_mode (and autocast on CUDA, inside the Encoder). An
+encoder whose CPU model each process loads itself (dlib's) runs in the workers too, one per core.
+Flip test-time augmentation sums each image's plain and mirrored embeddings (normalised); both
+come from one decoded, preprocessed batch and are cached apart, so a race that tries flip decodes
+and detects each image once. A DerivedEncoder (e.g. an adapter) is served from its base's embeddings.
 
-The cache is keyed by (encoder fingerprint [+ ":flip"], file content hash), so a renamed or moved
-file is still a hit and an edited file is not; a second run over the same images re-embeds
-nothing. Unreadable files are embedded as a grey placeholder (a query must still be answered),
-reported by name, and never cached. What was computed before a Ctrl-C (or the end of the time) is
-cached on the way out, and the worker processes are stopped at once (toolkit.machine.interrupts).
+The cache is keyed by (encoder fingerprint [+ ":mirrored"], file content hash), so a renamed or
+moved file is still a hit and an edited file is not; a second run over the same images re-embeds
+nothing. File hashes are memoised by (path, size, modification time). Unreadable files are
+embedded as a grey placeholder (a query must still be answered), reported by name, and never
+cached. What was computed before a Ctrl-C (or the end of the time) is cached on the way out, and
+the worker processes are stopped at once (toolkit.machine.interrupts).
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
@@ -34,6 +36,7 @@ from toolkit.machine.console import console, warn
 from toolkit.machine.interrupts import interrupts_deferred, worker_batches
 from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
 
+MIRRORED = ":mirrored"              # the mirrored embeddings' cache: the fingerprint + this
 PARTS = "part-*.npz"                # the cache's parts; nothing else in its folder is read
 WRITING = ".writing-"               # a part being written has this prefix until it is whole
 STALE_SECONDS = 3600.0              # a part-in-writing this old was left by a process that died
@@ -43,13 +46,22 @@ def default_cache_dir() -> Path:
     return Path(os.environ.get("RETRIEVAL_RACE_CACHE", Path.home() / ".cache" / "retrieval-race")) / "embeddings"
 
 
+_DIGESTS: dict[tuple[str, int, int], str] = {}     # (path, size, mtime_ns) -> hash, for this process
+
+
 def file_digest(path: Path) -> str:
-    """Hash of a file's bytes: the cache key of its embedding."""
-    digest = hashlib.blake2b(digest_size=16)
-    with open(path, "rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """Hash of a file's bytes: the cache key of its embedding; read once per (path, size,
+    modification time) in a process."""
+    status = os.stat(path)
+    memo = (os.path.abspath(path), status.st_size, status.st_mtime_ns)
+    known = _DIGESTS.get(memo)
+    if known is None:
+        digest = hashlib.blake2b(digest_size=16)
+        with open(path, "rb") as stream:
+            for block in iter(lambda: stream.read(1 << 20), b""):
+                digest.update(block)
+        known = _DIGESTS[memo] = digest.hexdigest()
+    return known
 
 
 class EmbeddingCache:
@@ -183,16 +195,43 @@ class _ImageFiles(Dataset):
         return index, self.encoder.preprocess(image), problem
 
 
-class _Collate:
-    """Top-level (picklable) collate: indices, the encoder's batch, decode problems."""
+@dataclass
+class _Encoded:
+    """One batch's embeddings: plain and mirrored (None where that side was not wanted)."""
+    plain: np.ndarray | None
+    mirrored: np.ndarray | None
+    stats: Any
 
-    def __init__(self, encoder: Encoder):
+
+def _encode_sides(encoder: Encoder, batch, plain: bool, mirrored: bool) -> _Encoded:
+    """The batch's plain and/or mirrored embeddings, both from the one preprocessed batch; its
+    stats counted with its plain embeddings (an image is counted once, when first embedded)."""
+    return _Encoded(plain=encoder.encode(batch) if plain else None,
+                    mirrored=encoder.encode(encoder.flip(batch)) if mirrored else None,
+                    stats=encoder.batch_stats(batch) if plain else None)
+
+
+class _Collate:
+    """Top-level (picklable) collate: (positions, the encoder's batch, decode problems); for an
+    encoder that encodes in the workers, the batch's embeddings (_Encoded) instead of the batch.
+    `needs[position]` = (plain wanted, mirrored wanted) for each image to embed."""
+
+    def __init__(self, encoder: Encoder, needs: Sequence[tuple[bool, bool]]):
         self.encoder = encoder
+        self.needs = list(needs) if encoder.encodes_in_workers else []
 
     def __call__(self, items):
-        indices = [index for index, _, _ in items]
+        positions = [position for position, _, _ in items]
         problems = [problem for _, _, problem in items]
-        return indices, self.encoder.collate([item for _, item, _ in items]), problems
+        batch = self.encoder.collate([item for _, item, _ in items])
+        if self.encoder.encodes_in_workers:
+            batch = _encode_sides(self.encoder, batch, *batch_needs(self.needs, positions))
+        return positions, batch, problems
+
+
+def batch_needs(needs: Sequence[tuple[bool, bool]], positions: Sequence[int]) -> tuple[bool, bool]:
+    """Whether any image of the batch wants its plain / its mirrored embedding."""
+    return any(needs[position][0] for position in positions), any(needs[position][1] for position in positions)
 
 
 class _Speed(ProgressColumn):
@@ -206,83 +245,136 @@ def progress_bar(transient: bool = False) -> Progress:
                     TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=transient)
 
 
-def default_workers() -> int:
+def usable_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def default_workers(encoder: Encoder | None = None) -> int:
+    """Worker processes for embedding: one per core when the model runs in them (its work is
+    the race's; the main process then only collects), else a few for decoding beside the model."""
+    if encoder is not None and encoder.encodes_in_workers:
+        return usable_cores()
     return min(4, max(1, (os.cpu_count() or 2) // 2))
+
+
+def model_processes(num_workers: int | None = None) -> int:
+    """How many processes run an encoder that encodes in its workers (`num_workers` None: the default)."""
+    return max(1, usable_cores() if num_workers is None else int(num_workers))
+
+
+def _caches(encoder: Encoder, cache_dir: Path | None) -> tuple[EmbeddingCache, EmbeddingCache]:
+    """The plain and the mirrored embeddings' caches of an encoder (a derived one's: its base's)."""
+    while isinstance(encoder, DerivedEncoder):
+        encoder = encoder.base
+    root = cache_dir or default_cache_dir()
+    return EmbeddingCache(root, encoder.fingerprint), EmbeddingCache(root, encoder.fingerprint + MIRRORED)
 
 
 def uncached_paths(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
                    flip_tta: bool = False) -> list[Path]:
-    """The paths whose embeddings are not in the cache yet (a derived encoder's live in its base's)."""
-    while isinstance(encoder, DerivedEncoder):
-        encoder = encoder.base
-    cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
-    return [Path(path) for path in paths if not Path(path).is_file() or cache.get(file_digest(Path(path))) is None]
+    """The paths whose embeddings are not in the cache yet (with flip_tta: plain or mirrored)."""
+    plain, mirrored = _caches(encoder, cache_dir)
+    missing = []
+    for path in map(Path, paths):
+        key = file_digest(path) if path.is_file() else None
+        if key is None or plain.get(key) is None or (flip_tta and mirrored.get(key) is None):
+            missing.append(path)
+    return missing
 
 
-def _plain_vectors(encoder: Encoder, batch, keys: Sequence[str], plain_cache: EmbeddingCache) -> np.ndarray:
-    """The batch's plain embeddings: from the cache when every one is there (a flip pass after the
-    plain one then costs one model pass, not two), else encoded."""
-    known = [plain_cache.get(key) for key in keys]
-    if all(vector is not None for vector in known):
-        return np.stack(known)
-    return encoder.encode(batch)
+def passes_to_compute(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
+                      flip_tta: bool | None = False) -> int:
+    """Model passes that embedding `paths` still costs: one per image without a cached plain
+    embedding, and (unless flip_tta is False: None is undecided) one per image without a mirrored one."""
+    plain, mirrored = _caches(encoder, cache_dir)
+    keys = [file_digest(path) if path.is_file() else None for path in map(Path, paths)]
+    passes = sum(key is None or plain.get(key) is None for key in keys)
+    if flip_tta is not False:
+        passes += sum(key is None or mirrored.get(key) is None for key in keys)
+    return passes
 
 
 def embed_images(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
-                 flip_tta: bool = False, num_workers: int | None = None,
+                 flip_tta: bool = False, mirrored_too: bool = False, num_workers: int | None = None,
                  description: str = "embedding", show_progress: bool = True) -> Embeddings:
     """Embeddings of `paths` in order; cached ones are read, the rest computed in batches.
+
+    With flip_tta, each image's embedding is the normalised sum of its plain and mirrored ones;
+    with mirrored_too (flip not decided yet), the mirrored ones are computed and cached beside the
+    plain ones, so that trying flip afterwards decodes nothing again. Plain and mirrored embeddings
+    of an image come from one decoded, preprocessed batch and are cached apart.
 
     A DerivedEncoder (such as a trained adapter) is served from its base: the base's embeddings,
     cached under the base's fingerprint, passed through `encoder.project`. Its own embeddings are
     never cached."""
     started = time.perf_counter()
     if isinstance(encoder, DerivedEncoder):
-        from_base = embed_images(encoder.base, paths, cache_dir=cache_dir, flip_tta=flip_tta, num_workers=num_workers,
-                                 description=description, show_progress=show_progress)
+        from_base = embed_images(encoder.base, paths, cache_dir=cache_dir, flip_tta=flip_tta, mirrored_too=mirrored_too,
+                                 num_workers=num_workers, description=description, show_progress=show_progress)
         return Embeddings(paths=from_base.paths, vectors=encoder.project(from_base.vectors),
                           problems=from_base.problems, from_cache=from_base.from_cache,
                           computed=from_base.computed, seconds=time.perf_counter() - started)
     paths = [Path(path) for path in paths]
-    cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint + (":flip" if flip_tta else ""))
-    plain_cache = EmbeddingCache(cache_dir or default_cache_dir(), encoder.fingerprint) if flip_tta else None
+    want_mirrored = flip_tta or (mirrored_too and encoder.flippable)
+    plain_cache, mirrored_cache = _caches(encoder, cache_dir)
     keys = [file_digest(path) if path.is_file() else f"missing:{path}" for path in paths]
-    rows: list[np.ndarray | None] = [cache.get(key) for key in keys]
-    todo = [index for index, row in enumerate(rows) if row is None]
+    plain: list[np.ndarray | None] = [plain_cache.get(key) for key in keys]
+    mirrored: list[np.ndarray | None] = [mirrored_cache.get(key) if want_mirrored else None for key in keys]
+    todo = [index for index in range(len(paths)) if plain[index] is None or (want_mirrored and mirrored[index] is None)]
     problems: dict[int, str] = {}
-
     if todo:
-        workers = default_workers() if num_workers is None else num_workers
-        if len(todo) <= encoder.batch_size:
-            workers = 0  # not worth starting processes for one batch
-        loader = DataLoader(_ImageFiles([paths[index] for index in todo], encoder),
-                            batch_size=encoder.batch_size, shuffle=False, num_workers=workers,
-                            collate_fn=_Collate(encoder), pin_memory=encoder.device.type == "cuda",
-                            prefetch_factor=4 if workers else None, persistent_workers=False)
-        new_keys, new_vectors = [], []
-        try:
-            with progress_bar(transient=not show_progress) as progress, worker_batches(loader) as batches:
-                task = progress.add_task(description, total=len(todo), visible=show_progress)
-                for batch_indices, batch, decode_problems in batches:
-                    if flip_tta:
-                        vectors = l2_normalise(_plain_vectors(encoder, batch, [keys[todo[position]] for position in
-                                                                               batch_indices], plain_cache)
-                                               + encoder.encode(encoder.flip(batch)))
-                    else:
-                        vectors = encoder.encode(batch)
-                    for position, problem, vector in zip(batch_indices, decode_problems, vectors):
-                        index = todo[position]
-                        rows[index] = vector
-                        if problem:
-                            problems[index] = problem
-                        else:
-                            new_keys.append(keys[index])
-                            new_vectors.append(vector)
-                    progress.advance(task, len(batch_indices))
-        finally:    # what was computed is kept, also when interrupted or out of time
-            with interrupts_deferred():
-                cache.put(new_keys, np.stack(new_vectors) if new_vectors else np.zeros((0, 0), np.float32))
+        _compute(encoder, [paths[index] for index in todo], [keys[index] for index in todo],
+                 [(plain[index] is None, want_mirrored and mirrored[index] is None) for index in todo],
+                 (plain_cache, mirrored_cache), num_workers, description, show_progress,
+                 lambda position, side, vector: (plain, mirrored)[side].__setitem__(todo[position], vector),
+                 lambda position, problem: problems.__setitem__(todo[position], problem))
 
-    vectors = np.stack(rows).astype(np.float32) if rows else np.zeros((0, 0), np.float32)
+    if not paths:
+        vectors = np.zeros((0, 0), np.float32)
+    elif flip_tta:
+        vectors = l2_normalise(np.stack(plain) + np.stack(mirrored))
+    else:
+        vectors = np.stack(plain).astype(np.float32)
     return Embeddings(paths=paths, vectors=vectors, problems=problems, from_cache=len(paths) - len(todo),
                       computed=len(todo), seconds=time.perf_counter() - started)
+
+
+def _compute(encoder: Encoder, paths: list[Path], keys: list[str], needs: list[tuple[bool, bool]],
+             caches: tuple[EmbeddingCache, EmbeddingCache], num_workers: int | None, description: str,
+             show_progress: bool, store, unreadable) -> None:
+    """Embed `paths` (the sides `needs` says), handing each vector to store(position, side, vector)
+    (side 0 plain, 1 mirrored) and each unreadable file to unreadable(position, reason); what was
+    computed is cached on the way out, also when interrupted or out of time."""
+    workers = default_workers(encoder) if num_workers is None else num_workers
+    if len(paths) <= encoder.batch_size:
+        workers = 0  # not worth starting processes for one batch
+    loader = DataLoader(_ImageFiles(paths, encoder), batch_size=encoder.batch_size, shuffle=False,
+                        num_workers=workers, collate_fn=_Collate(encoder, needs),
+                        pin_memory=encoder.device.type == "cuda" and not encoder.encodes_in_workers,
+                        prefetch_factor=4 if workers else None, persistent_workers=False)
+    fresh: tuple[dict, dict] = ({}, {})            # side -> key -> vector, to cache
+    try:
+        with progress_bar(transient=not show_progress) as progress, worker_batches(loader) as batches:
+            task = progress.add_task(description, total=len(paths), visible=show_progress)
+            for positions, batch, decode_problems in batches:
+                encoded = batch if encoder.encodes_in_workers else \
+                    _encode_sides(encoder, batch, *batch_needs(needs, positions))
+                encoder.add_stats(encoded.stats)
+                for side, vectors in enumerate((encoded.plain, encoded.mirrored)):
+                    for position, problem, vector in zip(positions, decode_problems, () if vectors is None else vectors):
+                        if not needs[position][side]:
+                            continue            # cached already: the cached vector is kept
+                        store(position, side, vector)
+                        if not problem:
+                            fresh[side][keys[position]] = vector
+                for position, problem in zip(positions, decode_problems):
+                    if problem:
+                        unreadable(position, problem)
+                progress.advance(task, len(positions))
+    finally:
+        with interrupts_deferred():
+            for cache, vectors in zip(caches, fresh):
+                cache.put(list(vectors), np.stack(list(vectors.values())) if vectors else np.zeros((0, 0), np.float32))

@@ -2,7 +2,11 @@
 
     preprocess(image) -> item        runs in DataLoader worker processes (must be picklable)
     collate(items)    -> batch       default: torch.stack for tensors, list otherwise
-    encode(batch)     -> (n, d)      runs in the main process, L2-normalised float32 numpy
+    encode(batch)     -> (n, d)      L2-normalised float32 numpy: in the main process, or in the
+                                     worker processes when `encodes_in_workers` (a CPU model that
+                                     each process loads itself, e.g. dlib's: one per core)
+    batch_stats(batch) -> stats      what report() counts about a batch, made where the batch is
+    add_stats(stats)                 ... and added up in the main process
 
 The fingerprint names everything that changes the numbers (weights, preprocessing, options); the
 embedding cache is keyed by it, so two encoders with one fingerprint must give one embedding.
@@ -44,6 +48,7 @@ class Encoder(ABC):
     batch_size: int = 32
     device: torch.device = torch.device("cpu")
     flippable: bool = False          # whether flip() works, so flip TTA can be tried
+    encodes_in_workers: bool = False  # encode() runs in the worker processes, beside preprocess()
 
     @abstractmethod
     def preprocess(self, image: Image.Image) -> Any:
@@ -61,6 +66,14 @@ class Encoder(ABC):
     def report(self) -> str:
         """Anything worth telling the user after encoding (e.g. how often no face was found)."""
         return ""
+
+    def batch_stats(self, batch: Any) -> Any:
+        """A small picklable summary of a batch for report() (e.g. which detector found each face),
+        made in the process that holds the batch; None: nothing to count."""
+        return None
+
+    def add_stats(self, stats: Any) -> None:
+        """Count a batch_stats() summary (in the main process, once per newly embedded batch)."""
 
     def flip(self, batch: Any) -> Any:
         """The same batch mirrored left-right, for flip test-time augmentation."""
@@ -98,6 +111,12 @@ class DerivedEncoder(Encoder):
 
     def report(self) -> str:
         return self.base.report()
+
+    def batch_stats(self, batch: Any) -> Any:
+        return self.base.batch_stats(batch)
+
+    def add_stats(self, stats: Any) -> None:
+        self.base.add_stats(stats)
 
 
 class TorchEncoder(Encoder):
