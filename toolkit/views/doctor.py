@@ -1,68 +1,87 @@
 """`invoke doctor`'s one screen: the checks of toolkit.machine.doctor (a DoctorReport) as one
-table of check, status and detail, grouped by machine, strategies, data and server."""
+table of check, status and detail, grouped by machine, strategies, data and server, fitted to the
+width (toolkit.views.fit): the detail wraps, long paths shortened (site-packages/, ~), a detail
+the row above has already given said once."""
 from __future__ import annotations
 
+import re
 from typing import Any
 
-from rich.markup import escape
-from rich.table import Table
+from rich.text import Text
 
 from toolkit.machine.console import human_size
+from toolkit.views.fit import Column, FittedTable, Row
+from toolkit.views.text import compact_paths
+
+DOCTOR_COLUMNS = (Column("check", kind="text", justify="left", min_width=16),
+                  Column("status", justify="left"), Column("detail", kind="text", justify="left"))
+SHORT_CLAUSE = 20        # a repeated detail keeps its first clause when it is this short
 
 
-def doctor_table(report: Any) -> Table:
-    """The report as one rich table: check, status, detail."""
-    table = Table(title="retrieval-race doctor", title_justify="left")
-    for column in ("check", "status", "detail"):
-        table.add_column(column, overflow="fold")
+def doctor_table(report: Any) -> FittedTable:
+    """The report as one table: check, status, detail."""
+    rows: list[Row] = []
 
-    def section(title: str) -> None:
-        table.add_section()
-        table.add_row(f"[bold]{title}[/bold]", "", "")
+    def section(title: str, about: str = "") -> None:
+        if rows:
+            rows[-1].end_section = True
+        rows.append(Row({"check": Text(title, style="bold"), "detail": Text(compact_paths(about), style="bold")}))
+
+    def add(check: str, status: str, detail: str = "", colour: str = "") -> None:
+        rows.append(Row({"check": check, "status": Text(status, style=colour), "detail": compact_paths(detail)}))
 
     section("machine")
-    table.add_row("Python", report.python, escape(report.python_executable))
-    table.add_row("torch", report.torch, report.torch_build)
+    add("Python", report.python, report.python_executable)
+    add("torch", report.torch, report.torch_build)
     if report.gpus:
         for gpu in report.gpus:
-            memory = f"{human_size(gpu.memory_bytes)} memory" if gpu.memory_bytes else ""
-            table.add_row("GPU", f"[green]{escape(gpu.name)}[/green]", memory)
+            add("GPU", gpu.name, f"{human_size(gpu.memory_bytes)} memory" if gpu.memory_bytes else "", "green")
     else:
-        table.add_row("GPU", "[yellow]no GPU[/yellow]", escape(report.gpu_note))
-    cores = f"{report.cpu_cores} cores" + (f" ({report.usable_cores} usable)" if report.usable_cores != report.cpu_cores else "")
-    table.add_row("CPU", cores, escape(report.architecture))
+        add("GPU", "no GPU", report.gpu_note, "yellow")
+    usable = f" ({report.usable_cores} usable)" if report.usable_cores != report.cpu_cores else ""
+    add("CPU", f"{report.cpu_cores} cores{usable}", report.architecture)
     if report.ram_total:
-        table.add_row("RAM", human_size(report.ram_total),
-                      f"{human_size(report.ram_available)} available" if report.ram_available else "")
+        add("RAM", human_size(report.ram_total), f"{human_size(report.ram_available)} available" if report.ram_available else "")
     for folder, free, total in report.disks:
         colour = "green" if free > 20e9 else "yellow" if free > 5e9 else "red"
-        table.add_row("disk", f"[{colour}]{human_size(free)} free[/{colour}]", f"of {human_size(total)}, at {escape(str(folder))}")
+        add("disk", f"{human_size(free)} free", f"of {human_size(total)}, at {folder}", colour)
 
-    section("strategies (weights on disk)")
+    section("strategies", "weights on disk")
+    said: dict[str, str] = {}
     for check in report.strategies:
-        status = "[green]available[/green]" if check.available else "[red]not available[/red]"
-        table.add_row(escape(check.label), status, escape(check.detail))
+        detail = _said_before(check.detail, said.get(check.detail))
+        said.setdefault(check.detail, check.label)
+        add(check.label, "available" if check.available else "not available", detail,
+            "green" if check.available else "red")
 
-    section(f"data ({escape(str(report.data_root))})")
+    section("data", str(report.data_root))
     if not report.competitions:
-        what = "no competition found" if report.data_root_exists else "no such folder"
-        table.add_row(escape(str(report.data_root)), f"[yellow]{what}[/yellow]",
-                      "get one with `invoke download URL`, or draw one with `invoke demo`")
+        add(str(report.data_root), "no competition found" if report.data_root_exists else "no such folder",
+            "get one with `invoke download URL`, or draw one with `invoke demo`", "yellow")
     for competition in report.competitions:
         source = f" (from {competition.downloaded_from})" if competition.downloaded_from else ""
-        name = escape(competition.folder.name or str(competition.folder))
+        name = competition.folder.name or str(competition.folder)
         if competition.description:
-            table.add_row(name, "[green]ready[/green]", escape(competition.description + source))
+            add(name, "ready", competition.description + source, "green")
         else:
-            table.add_row(name, "[red]layout problem[/red]", escape((competition.problem or "") + source))
+            add(name, "layout problem", (competition.problem or "") + source, "red")
     for path, size in report.partial_downloads:
-        table.add_row(escape(path.name), "[yellow]interrupted download[/yellow]",
-                      f"{human_size(size)} so far; run the same `invoke download` again to resume")
+        add(path.name, "interrupted download", f"{human_size(size)} so far; run the same `invoke download` again to resume",
+            "yellow")
 
-    section("competition server")
+    section("server", "the competition server")
     server = report.server
-    colour = {"answers": "green", "not configured": "yellow"}.get(server.state, "red")
-    status = f"[{colour}]{server.state}[/{colour}]"
-    table.add_row(escape(server.url or "server_url"), status, escape(server.detail))
-    table.caption = f"checked in {report.seconds:.1f} s; nothing was downloaded"
-    return table
+    add(server.url or "server_url", server.state, server.detail,
+        {"answers": "green", "not configured": "yellow"}.get(server.state, "red"))
+    return FittedTable(DOCTOR_COLUMNS, rows, title="retrieval-race doctor", title_justify="left",
+                       caption=f"checked in {report.seconds:.1f} s; nothing was downloaded")
+
+
+def _said_before(detail: str, where: str | None) -> str:
+    """A detail the check `where` has given already: 'as for' that check, after the detail's first
+    clause when that is short ('not cached; downloads to ...' -> 'not cached, as for clip-ft'); a
+    new one whole."""
+    if where is None:
+        return detail
+    head = re.split(r"[;:]", detail, maxsplit=1)[0].strip()
+    return f"{head}, as for {where}" if len(head) <= SHORT_CLAUSE and head != detail.strip() else f"as for {where}"

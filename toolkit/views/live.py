@@ -13,12 +13,13 @@ import time
 from typing import Sequence
 
 from rich.live import Live
-from rich.markup import escape
-from rich.table import Table
 from rich.text import Text
 
 from toolkit.machine.console import console
 from toolkit.race.budget import Budget
+from toolkit.views.fit import FittedTable, Row
+from toolkit.views.leaderboard import run_columns
+from toolkit.views.text import number
 
 STATUS_STYLES = {"queued": "dim", "estimating": "cyan", "fitting": "bold cyan", "embedding": "bold cyan",
                  "finished": "green", "skipped": "yellow", "failed": "red", "timed-out": "red"}
@@ -52,22 +53,23 @@ class RaceView:
         if self.enabled and self.live is None:
             console.print(self.table())
 
-    def table(self) -> Table:
+    def table(self) -> FittedTable:
         return race_view_table(self.runs, self.budget)
 
 
-def race_view_table(runs: Sequence, budget: Budget) -> Table:
-    table = Table(title=f"race: {budget.describe()}", title_justify="left")
-    for column, justify in (("strategy", "left"), ("status", "left"), ("est s", "right"), ("used s", "right"),
-                            ("val score", "right"), ("detail", "left")):
-        table.add_column(column, justify=justify, no_wrap=column == "strategy",
-                         overflow="ellipsis" if column == "detail" else "fold", max_width=60 if column == "detail" else None)
+LIVE_COLUMNS = ("strategy", "status", "est s", "time s", "val score", "reason")
+
+
+def race_view_table(runs: Sequence, budget: Budget) -> FittedTable:
+    """Each run's status (whole words, in its colour), estimate, time used and validation score;
+    a skipped or failed run's reason, under the table when it does not fit beside it."""
+    rows = []
     for run in runs:
-        score = f"{run.validation.score:.1f}" if run.validation else "-"
-        estimate = f"{run.estimate:.0f}" if run.estimate is not None else "-"
-        table.add_row(escape(run.label), Text(run.status, style=STATUS_STYLES.get(run.status, "")), estimate,
-                      _used(run), score, escape(run.reason or ""))
-    return table
+        rows.append(Row({"strategy": run.label, "status": Text(run.status, style=STATUS_STYLES.get(run.status, "")),
+                         "est s": number(run.estimate, 0), "time s": _used(run),
+                         "val score": number(run.validation.score if run.validation else None, 1),
+                         "reason": run.reason or ""}))
+    return FittedTable(run_columns(LIVE_COLUMNS), rows, title=f"race: {budget.describe()}", title_justify="left")
 
 
 def _used(run) -> str:

@@ -6,32 +6,31 @@ from types import SimpleNamespace
 from typing import Any
 
 from rich.markup import escape
-from rich.table import Table
 
 from toolkit.records.recorder import run_fields
-from toolkit.views.leaderboard import row_style, run_cells, run_detail, runs_table
+from toolkit.views.fit import FittedTable, Row
+from toolkit.views.leaderboard import row_style, run_cells, run_columns
 from toolkit.views.text import number
 
-RACE_COLUMNS = ("strategy", "status", "score", "90% interval", "plain", "Top1", "Top5", "Top10", "mAP@10",
-                "post-processing", "est s", "fit s", "embed s", "submission / reason")
-RACE_OPTIONAL = ("mAP@10", "Top10", "Top5", "est s", "embed s", "fit s", "plain", "Top1", "post-processing",
-                 "90% interval")
+RACE_COLUMNS = ("run", "strategy", "status", "val score", "90% interval", "plain", "Top1", "Top5", "Top10", "mAP@10",
+                "post-processing", "time s", "est s", "fit s", "embed s", "submission", "reason", "notes")
 
 
-def race_table(result: Any, width: int | None = None) -> Table:
-    """The results of a race (toolkit.race.runner.RaceResult), best first, the best in green."""
+def race_table(result: Any) -> FittedTable:
+    """The results of a race (toolkit.race.runner.RaceResult), best first, the best in green; the
+    run ids when the race was recorded. Fitted to the width it is printed at (toolkit.views.fit)."""
     best = result.best
+    recorded = any(run.run_id is not None for run in result.runs)
     rows = []
     for run in sorted(result.runs, key=lambda run: -(run.validation.score if run.validation else -1)):
-        record = SimpleNamespace(**run_fields(run))
+        record = SimpleNamespace(**run_fields(run), id=run.run_id)
         cells = run_cells(record)
-        detail = run_detail(record)            # the file's name: its folder is --submissions
-        if run.notes:
-            detail += f" ({'; '.join(run.notes)})"
-        cells.update({"score": cells["val score"], "est s": number(run.estimate, 1), "submission / reason": detail})
-        rows.append((cells, row_style(run, best)))
-    return runs_table(rows, RACE_COLUMNS, RACE_OPTIONAL, ("strategy", "status"), width, caption=_caption(result),
-                      title="race: local validation (identities held out of training/)")
+        cells.update({"est s": number(run.estimate, 1), "reason": run.reason or "", "notes": "; ".join(run.notes),
+                      "submission": run.submission.name if run.submission else "-"})   # its folder: --submissions
+        rows.append(Row(cells, row_style(run, best), key=f"run {run.run_id}" if recorded else None))
+    columns = run_columns(name for name in RACE_COLUMNS if recorded or name != "run")
+    return FittedTable(columns, rows, caption=_caption(result),
+                       title="race: local validation (identities held out of training/)")
 
 
 def _caption(result: Any) -> str:
