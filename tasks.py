@@ -19,45 +19,38 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from invoke import Exit, task as invoke_task
+from invoke import task as invoke_task
 from rich.markup import escape
 
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
 from toolkit.machine import interrupts
-from toolkit.race.config import RaceConfig
+from toolkit.machine.command_line import Command, fail as _fail
+from toolkit.machine.options import Count, Fraction, Identifier, Port, Seconds, Whole, ZeroOrMore
+from toolkit.machine.settings import project_path, project_root
+from toolkit.race.config import DEFAULT_STRATEGIES, OFFLINE_STRATEGIES, RaceConfig
 
 interrupts.exit_promptly_on_interrupt()
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
-PROJECT = Path(__file__).resolve().parent
-OFFLINE_STRATEGIES = "face-zs,cnn-zs"
-DEFAULT_STRATEGIES = "face-zs,adapter,cnn-zs,clip-zs"   # zero-shot first; the race orders them anyway
 NOTHING_RACED = "no strategy had finished; nothing written"
 
 
-def task(*args, interrupted: str = "stopped before it finished", **options):
-    """invoke's @task, with Ctrl-C handled in one place (toolkit.machine.interrupts): one line, exit 130."""
-    decorate = lambda body: invoke_task(**options)(interrupts.interruptible(interrupted)(body))  # noqa: E731
-    return decorate(args[0]) if args else decorate
-
-
-def _fail(message: str) -> Exit:
-    from toolkit.machine.console import console
-    console.print(f"[red]error:[/red] {message}", soft_wrap=True)
-    return Exit(code=1)
+def task(*args, **options):
+    """invoke's @task with this project's command line (toolkit.machine.command_line): --help after every
+    task, defaults in the help, numbers read with one line on error, Ctrl-C in one place (`interrupted=`)."""
+    return invoke_task(*args, klass=Command, **options)
 
 
 def _race(data: str, strategies: str, config, leaderboard: str | None = None):
-    from strategies import create_strategy, parse_strategy_specs
-    from toolkit.data.dataset import LayoutError, describe, find_competition
+    from retrieval_race import prepare_race
+    from toolkit.data.dataset import describe
     from toolkit.machine.console import console, warn
     from toolkit.race.runner import RaceInterrupted, run_race
     from toolkit.views.race import race_summary, race_table
     from toolkit.views.race_console import RaceConsole
 
     try:
-        racers = [create_strategy(name, **options) for name, options in parse_strategy_specs(strategies)]
-        competition = find_competition(Path(data))
-    except (LayoutError, ValueError) as error:
+        competition, racers = prepare_race(data, strategies, config)
+    except ValueError as error:   # LayoutError is one: a folder, a strategy or a pattern at fault
         raise _fail(str(error)) from None
     console.print(f"[bold]{competition.root}[/bold]: {describe(competition)}")
     for path, reason in competition.ignored[:10]:
@@ -83,7 +76,8 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
 @task(help={
     "data": "competition folder: training/<identity>/*, test/query/*, test/gallery/* (train/ and one wrapping folder accepted)",
     "strategies": "comma-separated names with optional options, e.g. face-zs,clip-zs[model=ViT-B-16,pretrained=laion2b_s34b_b88k]",
-    "budget": "wall-clock budget such as 90m or 1h30m; strategies that cannot finish in the time left are skipped",
+    "budget": "wall-clock budget with a unit: 90m, 1h30m, 45s (default: none, no limit); strategies that cannot "
+              "finish in the time left are skipped",
     "seed": "seed of the validation split",
     "flip": "flip test-time augmentation: auto (validation decides), on or off",
     "rerank": "try query expansion, DBA, k-reciprocal and dual-softmax re-ranking on validation and keep what wins "
@@ -92,30 +86,26 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
     "gallery-pattern": "filename glob marking stylised training images (e.g. '*_s.*'): they take the gallery role in "
                        "validation, as in the test; 'auto' (default) detects a marker in the names, 'none' draws roles at random",
     "held-out": "fraction of training identities held out for validation",
-    "submissions": "folder the submission files are written to",
+    "submissions": "folder the submission files are written to (default: submissions/ in the project folder)",
     "leaderboard": "leaderboard file the race is recorded in (default: the setting `leaderboard`, leaderboard.db)",
 }, interrupted=NOTHING_RACED)
-def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed=RaceConfig.seed, flip="auto", workers=None,
-         gallery_pattern=RaceConfig.gallery_pattern, held_out=RaceConfig.held_out_fraction,
-         submissions=str(RaceConfig.submissions_dir), rerank=RaceConfig.post_process, leaderboard=None):
+def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed: Whole = RaceConfig.seed, flip="auto",
+         workers: ZeroOrMore | None = None, gallery_pattern=RaceConfig.gallery_pattern,
+         held_out: Fraction = RaceConfig.held_out_fraction, submissions=None, rerank=RaceConfig.post_process,
+         leaderboard=None):
     """Race strategies on a competition folder; write each one's submission and show validation scores."""
-    from toolkit.race.config import parse_duration
+    from toolkit.race.config import race_config
 
-    flip_choices = {"auto": None, "on": True, "off": False}
-    if flip not in flip_choices:
-        raise _fail(f"--flip takes auto, on or off, not {flip!r}")
     try:
-        budget_seconds = parse_duration(budget)
+        config = race_config(budget=budget, seed=seed, flip=flip, workers=workers, gallery_pattern=gallery_pattern,
+                             held_out=held_out, submissions=submissions, rerank=rerank)
     except ValueError as error:
-        raise _fail(str(error)) from None
-    config = RaceConfig(budget_seconds=budget_seconds, seed=int(seed), flip_tta=flip_choices[flip],
-                        num_workers=int(workers) if workers is not None else None,
-                        gallery_pattern=None if gallery_pattern == "none" else gallery_pattern,
-                        held_out_fraction=float(held_out), submissions_dir=Path(submissions), post_process=rerank)
+        raise _fail(escape(str(error))) from None
     _race(data, strategies, config, leaderboard)
 
 
-@task(help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})
+@task(positional=["submission"],
+      help={"submission": "submission JSON file", "answers": 'answers JSON: {"query": {file: id}, "gallery": {file: id}}'})
 def score(c, submission, answers):
     """Competition score of a submission file (600*Top1 + 300*Top5 + 100*Top10), with Top-k and mAP@10."""
     from toolkit.machine.console import console
@@ -147,20 +137,22 @@ def strategies(c):
     console.print(strategies_table(lines))
 
 
-@task(help={"data": "where the generated demo competition is written", "strategies": "strategies to race"})
-def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
+@task(help={"data": "where the generated demo competition is written (default: data/demo in the project folder)",
+            "strategies": "strategies to race"})
+def demo(c, data=None, strategies=OFFLINE_STRATEGIES):
     """Generate a small competition of drawn faces, race the offline strategies on it, score the best."""
     from toolkit.data.synthetic import make_synthetic_competition
     from toolkit.machine.console import console
+    from toolkit.race.config import race_config
     from toolkit.retrieval.metrics import load_answers, score_submission
     from toolkit.submit.submission import load_submission
     from toolkit.views.score import test_score_lines
 
-    root = Path(data)
+    root = Path(data) if data else project_path("data/demo")
     if not (root / "answers.json").is_file():
         console.print(f"generating a demo competition in {root}")
         make_synthetic_competition(root)
-    result = _race(str(root), strategies, RaceConfig())
+    result = _race(str(root), strategies, race_config())
     truth = load_answers(root / "answers.json")
     scores = {run.label: score_submission(load_submission(run.submission), truth) for run in result.runs if run.submission}
     console.print("\n".join(test_score_lines(result.runs, scores)))
@@ -169,10 +161,10 @@ def demo(c, data="data/demo", strategies=OFFLINE_STRATEGIES):
 # --- getting ready: data, weights, the machine ----------------------------------------------------
 
 
-@task(help={
+@task(positional=["url"], help={
     "url": "the archive's link: http(s), or a Google Drive share link (https://drive.google.com/file/d/<id>/view)",
     "to": "folder to unpack into (default: data/<name>, the name taken from the link or the server)",
-    "sha256": "expected SHA-256 of the archive: a mismatch is an error and the file is not used",
+    "sha256": "expected SHA-256 of the archive: a mismatch is an error and the file is not used (default: not checked)",
     "limits": "what the archive may unpack to, e.g. size=40GB,files=500000,ratio=200 (default size=20GB,files=200000,ratio=100)",
 })
 def download(c, url, to=None, sha256=None, limits=None):
@@ -182,7 +174,7 @@ def download(c, url, to=None, sha256=None, limits=None):
     from toolkit.data.download import DownloadError, download as download_archive
 
     try:
-        result = download_archive(url, to=to, sha256=sha256, limits=limits)
+        result = download_archive(url, to=to, sha256=sha256, limits=limits, data_root=project_path("data"))
     except DownloadError as error:
         raise _fail(str(error)) from None
     except KeyboardInterrupt:
@@ -222,9 +214,9 @@ def prefetch(c, strategies="face-zs,cnn-zs,clip-zs"):
         raise _fail(f"{failed} of {len(specs)} strategies have no weights offline; connect and run prefetch again")
 
 
-@task(help={"data": "data folder to describe (each competition in it; default data/)",
+@task(help={"data": "data folder to describe, each competition in it (default: data/ in the project folder)",
             "strategies": "strategies to check (default: every strategy, plus common open_clip pairs)"})
-def doctor(c, data="data", strategies=None):
+def doctor(c, data=None, strategies=None):
     """What this machine can do: Python/torch, GPU, CPU/RAM, weights on disk, free disk, data, server."""
     from strategies import create_strategy, parse_strategy_specs, strategy_names
     from toolkit.machine.console import console
@@ -236,10 +228,10 @@ def doctor(c, data="data", strategies=None):
             [(name, {}) for name in strategy_names()] + parse_strategy_specs(COMMON_EXTRA_SPECS)
     except ValueError as error:
         raise _fail(str(error)) from None
-    console.print(doctor_table(run_doctor(data, specs, create_strategy, project=PROJECT)))
+    console.print(doctor_table(run_doctor(data or project_path("data"), specs, create_strategy, project=project_root())))
 
 
-@task(help={"k": "only tests matching this expression (pytest -k)"})
+@task(help={"k": "only tests matching this expression, as pytest -k takes it (default: every test)"})
 def test(c, k=None):
     """Run the test suite."""
     command = f"{sys.executable} -m pytest -q" + (f" -k {k!r}" if k else "")
@@ -252,17 +244,18 @@ def test(c, k=None):
 def _settings(**overrides):
     from toolkit.machine.settings import SettingsError, load_settings
     try:
-        return load_settings(PROJECT, **overrides)
+        return load_settings(**overrides)
     except SettingsError as error:
         raise _fail(str(error)) from None
 
 
 def _leaderboard_file(option: str | None) -> Path:
-    """--leaderboard PATH as given; else the settings' file (a relative one is in the project folder)."""
-    if option:
-        return Path(option)
-    path = _settings().leaderboard
-    return path if path.is_absolute() else PROJECT / path
+    """--leaderboard PATH as typed; else the settings' file (a relative one is in the project folder)."""
+    from toolkit.machine.settings import SettingsError, leaderboard_file
+    try:
+        return leaderboard_file(option)
+    except SettingsError as error:
+        raise _fail(str(error)) from None
 
 
 def _open_leaderboard(option: str | None):
@@ -273,25 +266,19 @@ def _open_leaderboard(option: str | None):
         raise _fail(str(error)) from None
 
 
-def _number(text: str | None, option: str) -> int | None:
-    try:
-        return None if text is None else int(text)
-    except ValueError:
-        raise _fail(f"{option} takes an id (a number from invoke leaderboard), not {text!r}") from None
-
-
 LEADERBOARD_HELP = "leaderboard file (default: the setting `leaderboard`, leaderboard.db in the project folder)"
+WORKERS_HELP = "DataLoader worker processes, for images not in the embedding cache (default: half the cores)"
 
 
 @task(help={"race": "show this race (default: the latest)",
             "all": "every run of every race, and the files submitted by hand",
             "leaderboard": LEADERBOARD_HELP})
-def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all)
+def leaderboard(c, race: Identifier | None = None, all=False, leaderboard=None):  # noqa: A002 (--all)
     """Runs best first: validation score beside the server's score, timings, submission files."""
     from toolkit.machine.console import console
     from toolkit.views.leaderboard import leaderboard_table, race_title
 
-    race_id = _number(race, "--race")
+    race_id = race
     with _open_leaderboard(leaderboard) as board:
         chosen = None if all else (board.race(race_id) if race_id is not None else board.latest_race())
         if race_id is not None and chosen is None and not all:
@@ -307,9 +294,10 @@ def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all
 
 
 @task(help={
-    "file": "submission JSON to send (an option: invoke's positional arguments are always required); a file no race wrote is recorded as a run of its own (no race, status manual)",
+    "file": "submission JSON to send (an option: invoke's positional arguments are always required); a file no race "
+            "wrote is recorded as a run of its own (no race, status manual) (default: none; give --file, --best or --run)",
     "best": "send the best run by validation score of the latest race",
-    "run": "send this run's submission (again): its id from invoke leaderboard",
+    "run": "send this run's submission (again): its id from invoke leaderboard (default: none)",
     "group": "team name (default: the setting `group`)",
     "url": "server URL, e.g. http://tatooine.disi.unitn.it:3001/retrieval/ (default: the setting `server_url`)",
     "dry-run": "check the submission and the settings; send and record nothing",
@@ -317,15 +305,15 @@ def leaderboard(c, race=None, all=False, leaderboard=None):  # noqa: A002 (--all
     "retries": "extra tries after a connection error or an HTTP 5xx, waiting 1, 2, 4 ... s",
     "leaderboard": LEADERBOARD_HELP,
 })
-def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=False, timeout=30.0, retries=3,
-           leaderboard=None):
+def submit(c, file=None, best=False, run: Identifier | None = None, group=None, url=None, dry_run=False,
+           timeout: Seconds = 30.0, retries: ZeroOrMore = 3, leaderboard=None):
     """Send a submission to the competition server; the attempt and the server's score are recorded beside the run."""
     from toolkit.machine.console import console
     from toolkit.submit.sending import NothingToSend, check_before_sending, check_settings, submission_source
     from toolkit.submit.client import ServerError, send_and_record
     from toolkit.submit.submission import SubmissionError, load_submission
 
-    run_id = _number(run, "--run")
+    run_id = run
     if (file is not None) + bool(best) + (run_id is not None) != 1:
         raise _fail("say what to send: --file FILE, --best (the best run of the latest race) or --run ID")
     settings = _settings(server_url=url, group=group)
@@ -350,7 +338,7 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
                       soft_wrap=True)
         try:
             attempt = send_and_record(board, record.id, settings.server_url, settings.group, submission,
-                                      timeout=float(timeout), retries=int(retries))
+                                      timeout=timeout, retries=retries)
         except ServerError as error:
             raise _fail(f"{escape(str(error))} (recorded as attempt {error.submission_id} of run {record.id}; "
                         f"send it again with: invoke submit --run {record.id})") from None
@@ -362,7 +350,7 @@ def submit(c, file=None, best=False, run=None, group=None, url=None, dry_run=Fal
 @task(help={"answers": 'answers JSON: {"query": {file: identity}, "gallery": {file: identity}}',
             "port": "port to listen on (0: any free port)",
             "host": "address to listen on (0.0.0.0 makes it reachable from other machines)"})
-def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
+def serve_scorer(c, answers, port: Port = 3001, host="127.0.0.1"):
     """A local reference scorer: the course server's protocol, scored with the competition formula."""
     from toolkit.machine.console import console
     from toolkit.retrieval.metrics import AnswersError, load_answers
@@ -370,7 +358,7 @@ def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
 
     try:
         truth = load_answers(answers)
-        scorer = ReferenceScorer(truth, host=host, port=int(port),
+        scorer = ReferenceScorer(truth, host=host, port=port,
                                  log=lambda line: console.print(escape(line), soft_wrap=True))
     except AnswersError as error:
         raise _fail(escape(str(error))) from None
@@ -391,17 +379,18 @@ def serve_scorer(c, answers, port=3001, host="127.0.0.1"):
 
 @task(help={
     "run": "the run to show: its id from invoke leaderboard (default: the best run of the latest race)",
-    "submission": "a submission file to show instead; one that no race wrote shows ranks only and needs --data",
+    "submission": "a submission file to show instead; one that no race wrote shows ranks only and needs --data "
+                  "(default: none, the run's)",
     "data": "competition folder (default: the race's); needed for a submission file that no race wrote",
     "queries": "how many queries (one row each)",
     "validation": "the validation split instead of the test set: labels known, hits framed green and misses red",
     "worst": "the validation queries whose first hit ranks lowest (implies --validation)",
     "out": "PNG file to write (default: reports/<run>-<split>[-worst]-<N>.png)",
-    "workers": "DataLoader worker processes, for images not in the embedding cache",
+    "workers": WORKERS_HELP,
     "leaderboard": LEADERBOARD_HELP,
 })
-def show(c, run=None, submission=None, data=None, queries=8, validation=False, worst=False, out=None, workers=None,
-         leaderboard=None):
+def show(c, run: Identifier | None = None, submission=None, data=None, queries: Count = 8, validation=False,
+         worst=False, out=None, workers: ZeroOrMore | None = None, leaderboard=None):
     """A picture of what a run returns: each query beside its top-10, with rank and similarity; hits and misses
     marked on validation."""
     from strategies import create_strategy
@@ -412,16 +401,15 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
     split = "validation" if validation or worst else "test"
     with _open_leaderboard(leaderboard) as board:
         try:
-            rankings = rankings_to_show(board, _number(run, "--run"), submission, data, split, create_strategy,
-                                        num_workers=int(workers) if workers is not None else None)
-            image = rankings_grid(rankings, int(queries), worst)
+            rankings = rankings_to_show(board, run, submission, data, split, create_strategy, num_workers=workers)
+            image = rankings_grid(rankings, queries, worst)
         except ReplayError as error:
             raise _fail(escape(str(error))) from None
-    target = Path(out) if out else REPORTS / grid_file_name(rankings, int(queries), worst)
+    target = Path(out) if out else project_path(REPORTS / grid_file_name(rankings, queries, worst))
     target.parent.mkdir(parents=True, exist_ok=True)
     image.save(target)
     console.print(f"wrote {escape(str(target))}: {escape(rankings.title)}, {rankings.split} split, "
-                  f"{min(int(queries), len(rankings.query_paths))} queries ({image.width}x{image.height})", soft_wrap=True)
+                  f"{min(queries, len(rankings.query_paths))} queries ({image.width}x{image.height})", soft_wrap=True)
 
 
 @task(help={
@@ -429,22 +417,21 @@ def show(c, run=None, submission=None, data=None, queries=8, validation=False, w
     "out": "HTML file to write (default: reports/race-<id>.html)",
     "queries": "worst validation queries shown for the best run",
     "test-queries": "test queries shown for the best run",
-    "workers": "DataLoader worker processes, for images not in the embedding cache",
+    "workers": WORKERS_HELP,
     "leaderboard": LEADERBOARD_HELP,
 })
-def report(c, race=None, out=None, queries=8, test_queries=4, workers=None, leaderboard=None):
+def report(c, race: Identifier | None = None, out=None, queries: Count = 8, test_queries: ZeroOrMore = 4,
+           workers: ZeroOrMore | None = None, leaderboard=None):
     """One self-contained HTML page of a race: leaderboard, validation score and time per strategy, validation
     against the server, and the best run's retrieval grids. Opens offline."""
     from strategies import create_strategy
     from toolkit.machine.console import console
     from toolkit.pictures.report import ReportError, write_report
 
-    race_id = _number(race, "--race")
     with _open_leaderboard(leaderboard) as board:
         try:
-            path = write_report(board, race_id, make_strategy=create_strategy, out=out, queries=int(queries),
-                                test_queries=int(test_queries), show_progress=True,
-                                num_workers=int(workers) if workers is not None else None)
+            path = write_report(board, race, make_strategy=create_strategy, out=out, queries=queries,
+                                test_queries=test_queries, show_progress=True, num_workers=workers)
         except ReportError as error:
             raise _fail(escape(str(error))) from None
     console.print(f"wrote {escape(str(path))} (open it in a browser; it needs no network)", soft_wrap=True)

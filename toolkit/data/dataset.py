@@ -17,6 +17,7 @@ It only looks at names; decoding the images is :mod:`toolkit.data.images`' job.
 
 from __future__ import annotations
 
+import fnmatch
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,7 @@ __all__ = [
     "CompetitionData",
     "LabelledImage",
     "LayoutError",
+    "check_gallery_pattern",
     "describe",
     "find_competition",
 ]
@@ -108,6 +110,25 @@ def describe(data: CompetitionData) -> str:
     return text
 
 
+def check_gallery_pattern(data: CompetitionData, pattern: str | None, option: str = "--gallery-pattern") -> None:
+    """Raise LayoutError when a gallery pattern (a filename glob such as ``*_s.*``) marks none of
+    the training files, or every one of them: validation would then draw roles at random, which is
+    not what the pattern asked for. None, "auto" and "none" are not patterns and pass."""
+    if pattern in (None, "auto", "none"):
+        return
+    matched = sum(fnmatch.fnmatch(image.path.name, pattern) for image in data.training)
+    total = len(data.training)
+    if matched and matched < total:
+        return
+    example = data.training[0].path.name if data.training else "none"
+    how = "none of" if not matched else "all"
+    raise LayoutError(
+        f"{option} {pattern} matches {how} the {total:,} training files (e.g. {example}), so it marks no "
+        f"gallery role; give a glob that matches only the stylised files' names, 'auto' to detect a "
+        f"marker, or 'none' for roles drawn at random"
+    )
+
+
 def find_competition(path: str | os.PathLike[str]) -> CompetitionData:
     """Find and check the competition layout at *path* (see the module docstring).
 
@@ -123,7 +144,7 @@ def find_competition(path: str | os.PathLike[str]) -> CompetitionData:
     given = Path(path).expanduser()
     if not given.exists():
         raise LayoutError(
-            f"{given}: no such folder. Pass the folder that holds training/ and test/:\n"
+            f"{given}: no such folder.{_project_hint(given)} Pass the folder that holds training/ and test/:\n"
             f"{EXPECTED_LAYOUT}"
         )
     if not given.is_dir():
@@ -247,6 +268,16 @@ def _subfolder_hint(folder: Path) -> str:
         return ""
     shown = ", ".join(names[:5]) + (f" and {len(names) - 5} more" if len(names) > 5 else "")
     return f" {folder} holds the folder(s) {shown}; is the competition one of them?"
+
+
+def _project_hint(given: Path) -> str:
+    """' Did you mean <project>/data/comp?' when a relative path typed in a sub-folder is in the project folder."""
+    from toolkit.machine.settings import project_path
+
+    if given.is_absolute():
+        return ""
+    in_project = project_path(given)
+    return f" Did you mean {in_project}?" if in_project.is_dir() and in_project != given.resolve() else ""
 
 
 def _parent_hint(given: Path) -> str:

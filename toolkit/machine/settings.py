@@ -10,6 +10,10 @@ named by RETRIEVAL_RACE_CONFIG) < environment variables < command-line options (
     leaderboard = "leaderboard.db"
 
 Environment: RETRIEVAL_RACE_URL, RETRIEVAL_RACE_GROUP, RETRIEVAL_RACE_LEADERBOARD.
+
+The project folder (`project_root`) is decided here, once: every default path (data/,
+submissions/, reports/, the leaderboard file, a relative path in the settings) is in it, wherever
+the command runs; a path typed on the command line is taken as typed.
 """
 from __future__ import annotations
 
@@ -19,6 +23,7 @@ from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 CONFIG_NAME = "retrieval-race.toml"
+PROJECT_MARKERS = (CONFIG_NAME, "tasks.py")      # what marks the project folder
 ENVIRONMENT = {"server_url": "RETRIEVAL_RACE_URL", "group": "RETRIEVAL_RACE_GROUP",
                "leaderboard": "RETRIEVAL_RACE_LEADERBOARD"}
 
@@ -35,9 +40,34 @@ class Settings:
     source: str = "defaults"          # where the last value came from, for messages
 
 
+def project_root(start: Path | None = None) -> Path:
+    """The project folder: the nearest folder at or above `start` (the working folder) that holds
+    retrieval-race.toml or tasks.py (invoke finds tasks.py the same way); the working folder itself
+    when none does."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if any((folder / marker).is_file() for marker in PROJECT_MARKERS):
+            return folder
+    return here
+
+
+def project_path(path: str | os.PathLike, project: Path | None = None) -> Path:
+    """A default or a setting's path: an absolute one as it is, a relative one in the project folder."""
+    path = Path(path).expanduser()
+    return path if path.is_absolute() else (project or project_root()) / path
+
+
 def config_path(project: Path | None = None) -> Path:
     named = os.environ.get("RETRIEVAL_RACE_CONFIG")
-    return Path(named) if named else (project or Path.cwd()) / CONFIG_NAME
+    return Path(named) if named else (project or project_root()) / CONFIG_NAME
+
+
+def leaderboard_file(option: str | os.PathLike | None = None, project: Path | None = None) -> Path:
+    """--leaderboard PATH as typed; else the setting `leaderboard` (a relative one in the project folder).
+    Raises SettingsError for a settings file that cannot be read."""
+    if option:
+        return Path(option)
+    return project_path(load_settings(project).leaderboard, project)
 
 
 def load_settings(project: Path | None = None, **overrides: object) -> Settings:
