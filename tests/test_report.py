@@ -6,6 +6,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -199,14 +200,19 @@ def test_report_without_the_data_still_renders_with_a_note(tmp_path):
     assert "No retrieval grids" in text and "/no/such/competition" in text
 
 
-def test_a_run_that_trained_shows_its_submission_file_and_no_validation(race, tmp_path):
+def test_an_older_trained_row_shows_its_submission_file_and_no_validation(race, tmp_path):
+    """A row recorded before races kept rankings, of a strategy that trains: it cannot be created again."""
     folder, result = race
     run = _run(result, "cnn-zs")
     def trained(name, **options):       # the run's strategy, as if its fit() trained a model
         kind = type(create_strategy(name, **options))
         return type(f"Trained{kind.__name__}", (kind,), {"trains": True})(**options)
 
-    with Leaderboard(folder / "lb.db") as board:
+    shutil.copy(folder / "lb.db", tmp_path / "lb.db")
+    with sqlite3.connect(tmp_path / "lb.db") as connection:
+        connection.execute("DELETE FROM run_rankings")
+        connection.execute("UPDATE run SET chosen = (id = ?)", (run.run_id,))
+    with Leaderboard(tmp_path / "lb.db") as board:
         with pytest.raises(ReplayError, match="trained its model"):
             replay_run(board, run.run_id, trained, splits=("validation", "test"))
         test = replay_run(board, run.run_id, trained, splits=("test",))["test"]

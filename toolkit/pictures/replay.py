@@ -1,30 +1,31 @@
-"""A run's rankings re-created from the leaderboard, or a submission file's rankings read back.
+"""A run's rankings as its race computed them, from the leaderboard, or a submission file's read back.
 
-A run row names its strategy and options; its race row names the data folder and the validation
-split's seed, held-out fraction and gallery pattern. From these the strategy is created again
-(by the registry's `create_strategy`, which the caller passes in), the images are embedded with the run's flip setting (from the embedding
-cache, so nothing is re-computed when the race ran here with the same cache), the run's
-post-processing recipe is applied again, and the rankings are exactly the race's:
+A race keeps each finished run's rankings with its row (toolkit.records.rankings), ensembles and
+trained runs included, so they are read back as they were. For a row from before that, the run is
+re-created: its strategy created again by name (by the registry's `create_strategy`, which the
+caller passes in), its race row's data folder and validation split (seed, held-out fraction,
+gallery pattern) made again, the images embedded with the run's flip setting (from the embedding
+cache, so nothing is re-computed when the race ran here with the same cache) and the run's
+post-processing recipe applied again:
 
 - on the validation split the labels are known, so each result is a hit or a miss, and each
   query's first hit is ranked over the whole validation gallery (to find the worst queries);
 - on the test set the ranking is the submission's, with the cosine similarity of each result.
 
 A submission file that no race wrote gives the test ranking only, read from the file: ranks, no
-similarities. So does a run that cannot be created again by name (an ensemble of other runs; a
-strategy that trains, whose weights the race does not keep): its own submission file is read.
+similarities. So does an older row that cannot be re-created by name (an ensemble of other runs;
+a strategy that trains): its own submission file is read.
 """
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
 import numpy as np
 
 from toolkit.data.dataset import CompetitionData, LayoutError, find_competition
-from toolkit.data.split import ValidationSplit, detect_gallery_pattern
+from toolkit.data.split import detect_gallery_pattern
 from toolkit.machine.console import warn
 from toolkit.models.weights import WeightsUnavailable
 from toolkit.race.config import AUTO, RaceConfig
@@ -32,43 +33,18 @@ from toolkit.race.contract import RaceContext, Strategy
 from toolkit.race.validation import Yardstick, gallery_per_query
 from toolkit.views.text import shorten
 from toolkit.records.provenance import data_fingerprint
+from toolkit.records.rankings import SPLITS, Rankings, joined, ranked_test, rankings_from_record, validation_rankings
 from toolkit.records.store import Leaderboard, Run
 from toolkit.retrieval.embed import Embeddings
-from toolkit.retrieval.metrics import first_hit_ranks
-from toolkit.retrieval.ranking import rank_gallery, readable_validation
-from toolkit.retrieval.recipes import PLAIN, Recipe, ranked_indices
+from toolkit.retrieval.ranking import rank_gallery
+from toolkit.retrieval.recipes import PLAIN, Recipe
 from toolkit.submit.submission import RESULTS_PER_QUERY, SubmissionError, load_submission
 
-SPLITS = ("validation", "test")
+__all__ = ["Rankings", "ReplayError", "rankings_to_show", "replay_run", "run_flip", "run_recipe", "submission_rankings"]
 
 
 class ReplayError(RuntimeError):
     """A run or a submission file whose rankings cannot be re-created here (the message says why)."""
-
-
-@dataclass
-class Rankings:
-    """What a run (or a submission file) returned for each query of one split."""
-    title: str                               # e.g. "run 3: face-zs (flip + alpha-qe(alpha=3.0, n=1))"
-    split: str                               # "validation" or "test"
-    query_paths: list[Path]
-    gallery_paths: list[Path]
-    indices: np.ndarray                      # (queries, <= 10) gallery rows, best first
-    similarities: np.ndarray | None = None   # cosine similarity of each result; None for a bare file
-    query_labels: list[str] | None = None    # validation only
-    gallery_labels: list[str] | None = None
-    first_hit: np.ndarray | None = None      # 1-based rank of the first hit over the whole gallery; 0: none
-    margin: np.ndarray | None = None         # best same-identity cosine minus best other-identity cosine
-
-    @property
-    def labelled(self) -> bool:
-        return self.query_labels is not None and self.gallery_labels is not None
-
-    def is_hit(self, query: int, position: int) -> bool | None:
-        """Whether the result at `position` shows the query's identity; None without labels."""
-        if not self.labelled:
-            return None
-        return self.gallery_labels[self.indices[query, position]] == self.query_labels[query]
 
 
 def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., Strategy],
@@ -96,6 +72,14 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
         warn(f"{competition.root} has changed since race {race.id} (other files or sizes): "
              "the rankings may differ from the race's")
     options = json.loads(race.options or "{}") if race else {}
+    flip, chosen = run_flip(record, options), run_recipe(record)
+    title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or not chosen.plain else "")
+    kept = board.run_rankings(record.id)
+    if kept and set(splits) <= set(kept):
+        try:
+            return {split: rankings_from_record(kept[split], competition.root, title) for split in splits}
+        except ValueError as error:
+            warn(f"run {record.id}: {error}; creating it again")
     config = RaceConfig.from_recorded(options)
     pattern = config.gallery_pattern
     if pattern == AUTO:        # a row that does not say: what a race would detect today
@@ -113,8 +97,8 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
         return _from_submission_file(record, splits, competition, f"its strategy {record.strategy!r} cannot be "
                                      f"created by name ({shorten(str(error), 160)})")
     if strategy.trains:
-        return _from_submission_file(record, splits, competition, "it trained its model, and the race keeps no "
-                                     "weights, so it cannot be re-created without training again")
+        return _from_submission_file(record, splits, competition, "it trained its model, and its row keeps no "
+                                     "rankings (recorded before races kept them), so it cannot be re-created")
     context = RaceContext(gallery_pattern=pattern, cache_dir=cache_dir, num_workers=num_workers, show_progress=show_progress)
     try:
         encoder = strategy.fit(yardstick.folds[0].fit, context).encoder
@@ -123,14 +107,12 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
     except Exception as error:  # a strategy's own failure, as the race catches it: a message, never a crash
         raise ReplayError(f"run {record.id}: cannot create {record.name} again ({type(error).__name__}: "
                           f"{shorten(str(error), 160)})") from None
-    flip, chosen = run_flip(record, options), run_recipe(record)
-    title = f"run {record.id}: {record.name}" + (f" ({_describe(flip, chosen)})" if flip or not chosen.plain else "")
     rankings = {}
     if "validation" in splits:
-        folds = [_validation_rankings(context.embed(encoder, paths, description="validation", flip_tta=flip),
-                                      fold, chosen, title)
+        folds = [validation_rankings(context.embed(encoder, paths, description="validation", flip_tta=flip),
+                                     fold, chosen, title)
                  for fold, paths in zip(yardstick.folds, yardstick.fold_paths)]
-        rankings["validation"] = _joined(folds)
+        rankings["validation"] = joined(folds)
     if "test" in splits:
         embeddings = context.embed(encoder, list(competition.queries) + list(competition.gallery),
                                    description="test", flip_tta=flip)
@@ -245,61 +227,8 @@ def _describe(flip: bool, chosen: Recipe) -> str:
     return " + ".join((["flip"] if flip else []) + ([chosen.describe()] if not chosen.plain else []))
 
 
-def _validation_rankings(embeddings: Embeddings, split: ValidationSplit, chosen: Recipe,
-                         title: str) -> Rankings:
-    """As the race ranked validation: unreadable images left out, the recipe applied; ranked over
-    the whole gallery so that a first hit below 10 still has a rank."""
-    rows = readable_validation(embeddings, split)
-    query_vectors, gallery_vectors, query_labels, gallery_labels = rows.query, rows.gallery, rows.query_labels, \
-        rows.gallery_labels
-    query_paths, gallery_paths = rows.query_paths, rows.gallery_paths
-    full = ranked_indices(chosen, query_vectors, gallery_vectors, len(gallery_vectors))
-    labels = np.asarray(gallery_labels, dtype=object)
-    indices = full[:, :RESULTS_PER_QUERY]
-    return Rankings(title=title, split="validation", query_paths=query_paths, gallery_paths=gallery_paths,
-                    indices=indices, similarities=_cosine(query_vectors, gallery_vectors, indices),
-                    query_labels=list(query_labels), gallery_labels=list(gallery_labels),
-                    first_hit=first_hit_ranks(labels[full].tolist(), list(query_labels)),
-                    margin=_margins(query_vectors, gallery_vectors, query_labels, labels))
-
-
-def _joined(folds: list[Rankings]) -> Rankings:
-    """The validation folds' rankings as one: each fold ranked its own gallery, so the galleries
-    are laid end to end and each fold's indices moved by the galleries before it."""
-    if len(folds) == 1:
-        return folds[0]
-    offsets = np.cumsum([0] + [len(fold.gallery_paths) for fold in folds[:-1]])
-    return Rankings(title=folds[0].title, split="validation",
-                    query_paths=[path for fold in folds for path in fold.query_paths],
-                    gallery_paths=[path for fold in folds for path in fold.gallery_paths],
-                    indices=np.concatenate([fold.indices + offset for fold, offset in zip(folds, offsets)]),
-                    similarities=np.concatenate([fold.similarities for fold in folds]),
-                    query_labels=[label for fold in folds for label in fold.query_labels],
-                    gallery_labels=[label for fold in folds for label in fold.gallery_labels],
-                    first_hit=np.concatenate([fold.first_hit for fold in folds]),
-                    margin=np.concatenate([fold.margin for fold in folds]))
-
-
 def _test_rankings(embeddings: Embeddings, competition: CompetitionData, chosen: Recipe,
                    title: str) -> Rankings:
     """As the race ranked the test set for the submission (unreadable gallery images last)."""
-    vectors, count = embeddings.vectors, len(competition.queries)
-    indices = rank_gallery(embeddings, count, chosen, RESULTS_PER_QUERY)
-    return Rankings(title=title, split="test", query_paths=list(competition.queries),
-                    gallery_paths=list(competition.gallery), indices=indices,
-                    similarities=_cosine(vectors[:count], vectors[count:], indices))
-
-
-def _margins(queries: np.ndarray, gallery: np.ndarray, query_labels: Sequence, gallery_labels: np.ndarray) -> np.ndarray:
-    """Per query: the best same-identity cosine minus the best other-identity one (-inf/+inf when
-    one side is empty). Negative: a stranger looks more alike than any image of the person."""
-    similarity = queries @ gallery.T
-    same = gallery_labels[None, :] == np.asarray(query_labels, dtype=object)[:, None]
-    best_same = np.where(same, similarity, -np.inf).max(axis=1, initial=-np.inf)
-    best_other = np.where(same, -np.inf, similarity).max(axis=1, initial=-np.inf)
-    return (best_same - best_other).astype(np.float64)
-
-
-def _cosine(queries: np.ndarray, gallery: np.ndarray, indices: np.ndarray) -> np.ndarray:
-    """Cosine similarity of each shown result (the embeddings before any post-processing)."""
-    return np.einsum("qd,qkd->qk", queries, gallery[indices]).astype(np.float32)
+    indices = rank_gallery(embeddings, len(competition.queries), chosen, RESULTS_PER_QUERY)
+    return ranked_test(embeddings, competition.queries, competition.gallery, indices, title)

@@ -30,7 +30,8 @@ from PIL import Image
 from toolkit.pictures.charts import score_bars_svg, time_bars_svg, validation_server_svg
 from toolkit.pictures.grid import HIT, MISS, QUERY, UNKNOWN, Cell, GridLayout, GridRow, render_grid
 from toolkit.pictures.replay import Rankings, ReplayError, replay_run
-from toolkit.race.selection import best_run, ranked_runs
+from toolkit.race.selection import best_run
+from toolkit.records.rankings import SPLITS
 from toolkit.records.store import Leaderboard, Race, RunSummary
 from toolkit.views.leaderboard import row_kind, run_cells, run_detail, server_text
 from toolkit.views.text import budget_text, local_time
@@ -151,31 +152,24 @@ def write_report(board: Leaderboard, race_id: int | None = None, *, make_strateg
     return path
 
 
-def best_rankings(board: Leaderboard, race_id: int, tries: int = 3, **replay_options) -> tuple[dict[str, Rankings], list[str]]:
-    """The validation and test rankings of the race's best run (replay_run with replay_options), and
-    notes on what could not be shown. A run that cannot be re-created (an ensemble, a trained model) gives its test ranking
-    from its submission file, and the validation grid comes from the next best run that can."""
-    finished = ranked_runs(board.runs(race_id))
-    if not finished:
+def best_rankings(board: Leaderboard, race_id: int, **replay_options) -> tuple[dict[str, Rankings], list[str]]:
+    """The validation and test rankings of the race's best run (toolkit.race.selection.best_run;
+    replay_run with replay_options), and notes on what of it cannot be shown. Only that run's: a
+    split it cannot give is left out with the reason, never filled in from another run."""
+    best = best_run(board.runs(race_id))
+    if best is None:
         return {}, ["No run of this race finished, so there are no retrieval grids."]
-    rankings: dict[str, Rankings] = {}
-    notes = []
-    for run in finished[:tries]:
-        missing = [split for split in ("validation", "test") if split not in rankings]
-        try:
-            rankings.update(replay_run(board, run, splits=missing, **replay_options))
-        except ReplayError as error:
-            if f"{error}." not in notes:
-                notes.append(f"{error}.")
-            if "test" in missing:
-                try:
-                    rankings.update(replay_run(board, run, splits=("test",), **replay_options))
-                except ReplayError:
-                    pass
-        if len(rankings) == 2:
-            break
-    if "validation" not in rankings:
-        notes.insert(0, "No validation grid." if rankings else "No retrieval grids.")
+    try:
+        return replay_run(board, best, splits=SPLITS, **replay_options), []
+    except ReplayError as error:
+        notes = [f"{error}."]
+    try:
+        rankings = replay_run(board, best, splits=("test",), **replay_options)
+    except ReplayError as error:
+        rankings = {}
+        if f"{error}." not in notes:
+            notes.append(f"{error}.")
+    notes.insert(0, "No validation grid." if rankings else "No retrieval grids.")
     return rankings, notes
 
 
@@ -222,7 +216,7 @@ def report_html(race: Race, summaries: Sequence[RunSummary], figures: Sequence[F
         "</div>",
         "<h2>Validation against the server</h2>",
         _server_section(summaries),
-        "<h2>What the best run returns</h2>",
+        "<h2>What the best run returns" + (f": run {best.id}, {html.escape(best.name)}" if best else "") + "</h2>",
     ]
     if note:
         parts.append(f'<p class="note">{html.escape(note)}</p>')

@@ -11,8 +11,9 @@ from typing import Any, Sequence
 from sqlalchemy import Table
 from sqlmodel import SQLModel
 
-SCHEMA_VERSION = 4   # 2: run.flip_tta, run.post_processing, run.plain_score; 3: run.validation_low/high, run.chosen;
-                     # 4: run.run_key, unique with race_id (NULL in older rows, which stay as they are)
+SCHEMA_VERSION = 5   # 2: run.flip_tta, run.post_processing, run.plain_score; 3: run.validation_low/high, run.chosen;
+                     # 4: run.run_key, unique with race_id (NULL in older rows, which stay as they are);
+                     # 5: the run_rankings table (none for older runs, which are re-created when shown)
 
 
 def create_or_upgrade(engine: Any, tables: Sequence[Table]) -> int:

@@ -1,7 +1,7 @@
 """The leaderboard store: every race, every strategy run and every server submission, in one
 SQLite file, with the queries and writes the toolkit makes.
 
-Three tables (sqlmodel):
+Four tables (sqlmodel):
 
     race               one per `invoke race`: start and end, budget, data path and fingerprint,
                        machine (CPU, GPU), torch / open_clip versions, git commit, split options
@@ -15,6 +15,8 @@ Three tables (sqlmodel):
                        (state "scored") or its error text (state "failed"); an attempt still
                        sending when the Leaderboard closes (after a Ctrl-C or an error) is closed
                        as failed, saying why
+    run_rankings       a finished race run's rankings, a row a split, written with its run's row
+                       (toolkit.records.rankings, which defines it), so that any run can be shown again
 
 Several processes may write at once (a race recording runs while a teammate submits): the file is
 in WAL mode with a busy timeout, and every transaction takes the write lock when it begins
@@ -32,13 +34,14 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
 
-from sqlalchemy import Index, String, TypeDecorator, event
+from sqlalchemy import Index, String, TypeDecorator, delete, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from toolkit.race.selection import best_run
 from toolkit.records.migrations import create_or_upgrade
 from toolkit.records.provenance import machine_details
+from toolkit.records.rankings import RunRankings
 from toolkit.retrieval.recipes import Recipe
 
 BUSY_TIMEOUT_MS = 30_000
@@ -142,7 +145,7 @@ class ServerSubmission(SQLModel, table=True):
     seconds: float | None = None
 
 
-TABLES = (Race.__table__, Run.__table__, ServerSubmission.__table__)
+TABLES = (Race.__table__, Run.__table__, ServerSubmission.__table__, RunRankings.__table__)
 
 
 @dataclass
@@ -253,9 +256,11 @@ class Leaderboard:
         """Add a run row; `options` may be a dict (stored as JSON)."""
         return self._add(Run(**_run_fields(fields)))
 
-    def record_run(self, race_id: int | None, run_key: str, **fields: Any) -> Run:
-        """Record a race's run by its key: the row is added the first time and updated after, so
-        recording the same run again (a Ctrl-C between the write and hearing of it) adds nothing."""
+    def record_run(self, race_id: int | None, run_key: str, rankings: dict[str, bytes] | None = None,
+                   **fields: Any) -> Run:
+        """Record a race's run by its key, with its `rankings` ({split: record}) in the same
+        transaction: the row is added the first time and updated after, so recording the same run
+        again (a Ctrl-C between the write and hearing of it) adds nothing."""
         fields = _run_fields(fields)
         with self._session() as session:
             row = session.exec(select(Run).where(Run.race_id == race_id, Run.run_key == run_key)).first()
@@ -266,9 +271,19 @@ class Leaderboard:
                 for name, value in fields.items():
                     setattr(row, name, value)
                 row.ended_at = _now()
+            session.flush()
+            if rankings:
+                session.execute(delete(RunRankings).where(RunRankings.run_id == row.id))
+                session.add_all(RunRankings(run_id=row.id, split=split, data=data) for split, data in rankings.items())
             session.commit()
             session.refresh(row)
             return row
+
+    def run_rankings(self, run_id: int) -> dict[str, bytes]:
+        """The rankings a race kept for the run ({split: record}); {} for a row without them."""
+        with self._session() as session:
+            rows = session.exec(select(RunRankings).where(RunRankings.run_id == run_id)).all()
+            return {row.split: row.data for row in rows}
 
     def add_manual_run(self, submission_path: str | os.PathLike[str]) -> Run:
         """A submission file that no race wrote: a run with no race and status "manual"."""
