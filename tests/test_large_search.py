@@ -3,6 +3,7 @@ memmap gallery is read in chunks, and the approximate index is used above its th
 measured recall printed."""
 import re
 
+import faiss
 import numpy as np
 import pytest
 
@@ -37,6 +38,25 @@ def test_chunked_exact_equals_one_search_ties_included(n_queries, k):
         "the data must tie at the k-th place"
     assert chunked[1].tolist() == whole[1].tolist()
     assert np.array_equal(chunked[0], whole[0])
+
+
+def test_a_competition_sized_gallery_is_searched_as_before(capsys):
+    rng = np.random.default_rng(2)
+    queries, gallery = _tied(rng, 1313, 600, width=512)
+    index = faiss.IndexFlatIP(512)  # the search as it was: one flat index over the whole gallery
+    index.add(gallery)
+    expected = index.search(queries, 10)
+    found = top_k(queries, gallery, 10)
+    assert found[1].tolist() == expected[1].tolist() and np.array_equal(found[0], expected[0])
+    assert "approximate" not in capsys.readouterr().out
+
+
+def test_chunked_exact_with_k_beyond_the_gallery_or_no_queries():
+    rng = np.random.default_rng(7)
+    queries, gallery = _tied(rng, 1500, 30)
+    similarities, indices = exact_top_k(queries, gallery, 2000, chunk_bytes=ONE_BLOCK * 16)
+    assert indices.shape == (30, 1500) and sorted(indices[0].tolist()) == list(range(1500))
+    assert exact_top_k(queries[:0], gallery, 10)[1].shape == (0, 0)
 
 
 def test_chunked_exact_equals_one_search_on_real_valued_rows():

@@ -25,6 +25,9 @@ RECALL_SAMPLE = 500
 # BLAS-bound pass assigning chunks) is the one that builds in minutes.
 HNSW_UP_TO = 300_000
 HNSW_NEIGHBOURS = 32
+# faiss's rule of thumb is 4 to 16 sqrt(N) lists; one sqrt(N) keeps the k-means and the assignment of
+# every row cheapest, and tuning raises nprobe for whatever recall fewer lists cost.
+IVF_LISTS_PER_SQRT_ROWS = 1
 IVF_TRAINING_ROWS_PER_LIST = 40  # faiss asks for at least 39 training rows per list
 SEED = 0
 
@@ -45,21 +48,18 @@ class ApproximateIndex:
         rows, width = gallery.shape
         if rows <= hnsw_up_to:
             index = faiss.IndexHNSWFlat(width, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
-            kind, parameter, values = "HNSW", "efSearch", _doubling(16, max(rows, 16))
+            kind, parameter, values = "HNSW", "efSearch", _rising(16, max(rows, 16))
         else:
-            lists = max(1, round(math.sqrt(rows)))
+            lists = max(1, round(IVF_LISTS_PER_SQRT_ROWS * math.sqrt(rows)))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, lists, faiss.METRIC_INNER_PRODUCT)
             index.train(_training_sample(gallery, lists * IVF_TRAINING_ROWS_PER_LIST))
-            kind, parameter, values = f"IVF ({lists} lists)", "nprobe", _doubling(1, lists)
+            kind, parameter, values = f"IVF ({lists} lists)", "nprobe", _rising(1, lists)
         for _, chunk in gallery_chunks(gallery, chunk_rows(width)):
             index.add(chunk)
         return cls(index, gallery, kind, parameter, values)
 
     def _set(self, value: int) -> None:
-        if self.parameter_name == "nprobe":
-            self.index.nprobe = value
-        else:
-            self.index.hnsw.efSearch = value
+        faiss.ParameterSpace().set_index_parameter(self.index, self.parameter_name, value)
 
     def tune(self, sample_queries: np.ndarray) -> float:
         """Raise the search parameter until recall@10 against exact search on sample_queries reaches
@@ -110,8 +110,9 @@ def _training_sample(gallery, count: int) -> np.ndarray:
     return np.ascontiguousarray(gallery[sample_rows(gallery.shape[0], count)], dtype=np.float32)
 
 
-def _doubling(first: int, last: int) -> list[int]:
+def _rising(first: int, last: int) -> list[int]:
+    """first, about 1.5 times that, ... up to last: steps fine enough not to overshoot the target by far."""
     values = [first]
     while values[-1] < last:
-        values.append(min(values[-1] * 2, last))
+        values.append(min(max(values[-1] + 1, round(values[-1] * 1.5)), last))
     return values

@@ -47,8 +47,12 @@ def _chunk_search(queries: np.ndarray, chunk: np.ndarray, start: int, k: int):
 
 def exact_top_k(queries: np.ndarray, gallery, k: int,
                 chunk_bytes: int = EXACT_CHUNK_BYTES) -> tuple[np.ndarray, np.ndarray]:
-    """(similarities, indices), each (n_queries, k), best first; k <= gallery rows; gallery read in
+    """(similarities, indices), each (n_queries, min(k, gallery rows)), best first; the gallery read in
     chunks of chunk_bytes. Equal to faiss.IndexFlatIP over the whole gallery (k < 100)."""
+    queries = np.ascontiguousarray(queries, dtype=np.float32)
+    k = min(k, gallery.shape[0])
+    if k == 0 or len(queries) == 0:
+        return np.zeros((len(queries), 0), np.float32), np.zeros((len(queries), 0), np.int64)
     rows = chunk_rows(queries.shape[1], chunk_bytes)
     best_similarities = np.zeros((len(queries), 0), np.float32)
     best_indices = np.zeros((len(queries), 0), np.int64)
