@@ -141,7 +141,7 @@ def check_run_rows(text: str, runs, width: int, reasons=(LONG_REASON,), deciding
         assert " ".join(reason.split()) in notes or " ".join(reason.split()) in " ".join(text.split()), reason
 
 
-@pytest.mark.parametrize("width", WIDTHS)
+@pytest.mark.parametrize("width", (*WIDTHS, 160))
 def test_the_leaderboard_keeps_the_deciding_numbers_at_every_width(board_file, width):
     from toolkit.views.leaderboard import leaderboard_table
 

@@ -71,6 +71,7 @@ class Layout:
     labels: dict[str, dict[str, str]]        # a label column's name -> full label -> as shown
     below: list[Column]
     left_out: list[Column] = field(default_factory=list)
+    width_for_all: int = 0                   # the width at which no column would be left out
 
 
 def plain(cell: Cell | None) -> str:
@@ -83,7 +84,11 @@ def cell_width(cell: Cell | None) -> int:
 
 def lay_out(columns: Sequence[Column], rows: Sequence[Row], width: int) -> Layout:
     """The one rule (the module docstring) applied to `columns` holding `rows` at `width`."""
-    natural = {column.name: max([column.min_width, *(cell_len(word) for word in column.name.split())]
+    def header(column: Column) -> int:                # a value's header on one line; others may wrap
+        words = [column.name] if column.kind == "value" else column.name.split()
+        return max(cell_len(word) for word in words)
+
+    natural = {column.name: max([column.min_width, header(column)]
                                 + [cell_width(row.cells.get(column.name)) for row in rows]) for column in columns}
 
     def least(column: Column) -> int:
@@ -126,16 +131,10 @@ def lay_out(columns: Sequence[Column], rows: Sequence[Row], width: int) -> Layou
             spare += max(give, 0)
     spare = max(spare, 0)
     labels = [column for column in shown if column.kind == "label"]
-    headers = [column for column in shown if column.kind == "value"]
-    # a label cut costs a line under the table, a header on two lines one line in all: labels are given
-    # their full length first when they can have it, else the headers their one line first
-    if spare < sum(natural[column.name] - widths[column.name] for column in labels):
-        spare = _grow_headers(headers, widths, spare)
     for column in labels:
         grow = min(spare, natural[column.name] - widths[column.name])
         widths[column.name] += grow
         spare -= grow
-    spare = _grow_headers(headers, widths, spare)
     texts = [column for column in shown if column.kind == "text"]
     wanting = {column.name: natural[column.name] - widths[column.name] for column in texts}
     total = sum(wanting.values())
@@ -144,17 +143,7 @@ def lay_out(columns: Sequence[Column], rows: Sequence[Row], width: int) -> Layou
         widths[column.name] += grow
     shown_labels = {column.name: abbreviations((plain(row.cells.get(column.name)) for row in rows), widths[column.name])
                     for column in labels}
-    return Layout(width, shown, widths, shown_labels, below, left_out)
-
-
-def _grow_headers(columns: Sequence[Column], widths: dict[str, int], spare: int) -> int:
-    """Widen each column whose header would wrap, where `spare` allows it whole; what is left."""
-    for column in columns:
-        grow = max(0, cell_len(column.name) - widths[column.name])
-        if grow <= spare:
-            widths[column.name] += grow
-            spare -= grow
-    return spare
+    return Layout(width, shown, widths, shown_labels, below, left_out, cost(in_table, wanted))
 
 
 class FittedTable:
@@ -217,7 +206,7 @@ class FittedTable:
             yield notes
         if layout.left_out:
             yield Text(f"left out at {layout.width} columns: {', '.join(column.name for column in layout.left_out)} "
-                       "(shown when wider, e.g. COLUMNS=200)", style="dim")
+                       f"(all shown at {layout.width_for_all})", style="dim")
 
     def __rich_measure__(self, console: Console, options: ConsoleOptions) -> Measurement:
         return Measurement(min(options.max_width, LABEL_MIN_WIDTH), options.max_width)

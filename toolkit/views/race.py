@@ -25,6 +25,8 @@ def race_table(result: Any) -> FittedTable:
     for run in sorted(result.runs, key=lambda run: -(run.validation.score if run.validation else -1)):
         record = SimpleNamespace(**run_fields(run), id=run.run_id)
         cells = run_cells(record)
+        if run.started is None:                # never started (skipped): no time, not 0.0
+            cells["time s"] = "-"
         cells.update({"est s": number(run.estimate, 1), "reason": run.reason or "", "notes": "; ".join(run.notes),
                       "submission": run.submission.name if run.submission else "-"})   # its folder: --submissions
         rows.append(Row(cells, row_style(run, best), key=f"run {run.run_id}" if recorded else None))
