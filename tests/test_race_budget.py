@@ -360,3 +360,15 @@ def test_the_live_view_shows_every_run_and_nests_the_progress_bars(tmp_path, syn
         embedded = embed_images(PixelEncoder(), paths, cache_dir=tmp_path, num_workers=0, show_progress=True)
         assert embedded.computed == len(paths)
     assert not getattr(console, "_live_stack", [])
+
+
+def test_a_budget_needs_a_unit():
+    from toolkit.race.config import parse_duration
+
+    assert [parse_duration(text) for text in ("90m", "1h30m", "45s", "1.5h", " 2 h ", None, "")] == \
+        [5400, 5400, 45, 5400, 7200, None, None]
+    assert parse_duration(90) == 90.0                              # a Python number is seconds
+    for text, said in [("90", "--budget 90: give a unit, e.g. 90m or 90s"), ("1h30", "give a unit, e.g. 30m"),
+                       ("soon", "cannot read duration"), ("0m", "above 0"), ("-5m", "cannot read duration")]:
+        with pytest.raises(ValueError, match=said):
+            parse_duration(text)

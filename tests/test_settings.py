@@ -29,3 +29,21 @@ def test_bad_files_and_unknown_keys_are_named(tmp_path):
     (tmp_path / "retrieval-race.toml").write_text('sever_url = "typo"\n')
     with pytest.raises(SettingsError, match="sever_url"):
         load_settings(tmp_path)
+
+
+def test_the_project_folder_is_the_nearest_one_with_a_marker(tmp_path, monkeypatch):
+    from toolkit.machine.settings import leaderboard_file, project_path, project_root
+
+    project, deeper = tmp_path / "project", tmp_path / "project" / "notebooks" / "deeper"
+    deeper.mkdir(parents=True)
+    assert project_root(deeper) == deeper.resolve()                   # no marker anywhere up: where it runs
+    (project / "retrieval-race.toml").write_text('leaderboard = "boards/lb.db"\n')
+    assert project_root(deeper) == project.resolve()
+    (project / "notebooks" / "tasks.py").write_text("")              # invoke would find this tasks.py first
+    assert project_root(deeper) == (project / "notebooks").resolve()
+    (project / "notebooks" / "tasks.py").unlink()
+    monkeypatch.chdir(deeper)
+    assert project_path("submissions") == project.resolve() / "submissions"
+    assert project_path(tmp_path / "elsewhere") == tmp_path / "elsewhere"
+    assert leaderboard_file() == project.resolve() / "boards" / "lb.db"
+    assert leaderboard_file("mine.db") == Path("mine.db")              # typed: as typed

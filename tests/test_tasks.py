@@ -55,3 +55,34 @@ def test_bad_input_gets_a_clear_message_and_exit_code(arguments, message):
     assert result.returncode == 1
     assert "error:" in result.stdout and message in result.stdout
     assert "Traceback" not in result.stdout + result.stderr
+
+
+def test_run_from_a_sub_folder_every_default_path_is_in_the_project_folder(tmp_path):
+    """The project folder is the one holding retrieval-race.toml (or tasks.py), wherever the command runs."""
+    project, deeper = tmp_path / "project", tmp_path / "project" / "notebooks" / "deeper"
+    deeper.mkdir(parents=True)
+    (project / "retrieval-race.toml").write_text('leaderboard = "boards/lb.db"\n')
+    environment = {name: value for name, value in os.environ.items() if name != "RETRIEVAL_RACE_LEADERBOARD"}
+    environment.update(COLUMNS="200", RETRIEVAL_RACE_CACHE=str(tmp_path / "cache"))
+
+    def run(*arguments):
+        result = subprocess.run([sys.executable, "-m", "invoke", "--search-root", str(PROJECT), *arguments], cwd=deeper,
+                                capture_output=True, text=True, timeout=900, env=environment)
+        assert result.returncode == 0, result.stdout + result.stderr
+        return result
+
+    run("demo", "--strategies", "cnn-zs[pretrained=false,image_size=64]")
+    shown = run("show", "--queries", "2")
+    assert (project / "data" / "demo" / "answers.json").is_file()
+    assert list((project / "submissions").glob("*-cnn-zs-*.json")) and list((project / "submissions").glob("*-best.json"))
+    assert (project / "boards" / "lb.db").is_file() and list((project / "reports").glob("*.png")), shown.stdout
+    assert list(deeper.iterdir()) == []                         # nothing written where the command ran
+
+
+@pytest.mark.parametrize("pattern, said", [("*_zz.*", "matches none of the"), ("*", "matches all the")])
+def test_a_gallery_pattern_that_marks_nothing_is_an_error(synthetic_competition, pattern, said):
+    result = invoke("race", "--data", str(synthetic_competition), "--gallery-pattern", pattern,
+                    "--strategies", "cnn-zs[pretrained=false,image_size=64]")
+    output = result.stdout.strip()
+    assert result.returncode == 1 and output.startswith(f"error: --gallery-pattern {pattern} {said}"), output
+    assert "\n" not in output and "Traceback" not in output + result.stderr
