@@ -1,7 +1,7 @@
 """Search over a large gallery: build time, queries/s, recall@10 against exact search, peak memory.
 
     python benchmarks/large_gallery.py [--gallery 1000000] [--queries 10000] [--width 512]
-                                       [--identities 4000] [--folder /tmp]
+                                       [--identities 4000] [--index auto|hnsw|ivf] [--folder /tmp]
 
 The gallery is generated straight into a .npy memmap on disk (deleted at the end) and searched from
 there; it is clustered like real embeddings (Embeddings): identities of uneven size, each a centre
@@ -24,7 +24,8 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from toolkit.retrieval.approximate_index import RECALL_SAMPLE, ApproximateIndex, recall_at, sample_rows  # noqa: E402
+from toolkit.retrieval.approximate_index import (HNSW_UP_TO, RECALL_SAMPLE, ApproximateIndex,  # noqa: E402
+                                                 recall_at, sample_rows)
 from toolkit.retrieval.exact_search import exact_top_k  # noqa: E402
 
 SHARED_RANK = 16
@@ -74,6 +75,8 @@ def main() -> None:
     parser.add_argument("--queries", type=int, default=10_000)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--identities", type=int, default=4000)
+    parser.add_argument("--index", choices=["auto", "hnsw", "ivf"], default="auto",
+                        help="auto: chosen by the gallery's size, as top_k does")
     parser.add_argument("--folder", default="/tmp")
     arguments = parser.parse_args()
     embeddings = Embeddings(np.random.default_rng(0), arguments.identities, arguments.width)
@@ -95,7 +98,8 @@ def main() -> None:
         gallery = np.load(path, mmap_mode="r")
 
         started = time.perf_counter()
-        index = ApproximateIndex.build(gallery)
+        hnsw_up_to = {"auto": HNSW_UP_TO, "hnsw": arguments.gallery, "ivf": 0}[arguments.index]
+        index = ApproximateIndex.build(gallery, hnsw_up_to=hnsw_up_to)
         build_seconds = time.perf_counter() - started
         started = time.perf_counter()
         index.tune(queries[sample_rows(len(queries), RECALL_SAMPLE)])

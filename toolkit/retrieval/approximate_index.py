@@ -20,10 +20,12 @@ RECALL_AT = 10
 # Queries the recall is measured on: enough for a recall good to about +-0.01, few enough that their
 # exact search (the cost of measuring) stays a small part of the whole search.
 RECALL_SAMPLE = 500
-# HNSW (no training, best speed at high recall) while its graph builds in reasonable time; it inserts
-# rows one by one with random memory access, so above this IVF (k-means on a sample, then one
-# BLAS-bound pass assigning chunks) is the one that builds in minutes.
-HNSW_UP_TO = 300_000
+# HNSW for galleries up to this size: it needs no training sample and answers at high recall with few
+# distance computations, but builds its graph one row at a time with random memory access, which on a
+# few CPU cores grows to minutes past 10^5 rows. Above it IVF: k-means on a sample, then one BLAS-bound
+# pass assigning the gallery chunk by chunk, several times faster to build (README, "Large galleries").
+# top_k builds an index only above APPROXIMATE_ABOVE (10^5 too), so its own searches use IVF.
+HNSW_UP_TO = 100_000
 HNSW_NEIGHBOURS = 32
 # faiss's rule of thumb is 4 to 16 sqrt(N) lists; one sqrt(N) keeps the k-means and the assignment of
 # every row cheapest, and tuning raises nprobe for whatever recall fewer lists cost.
