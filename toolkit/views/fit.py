@@ -57,7 +57,7 @@ class Column:
 class Row:
     cells: dict[str, Cell]        # by column name; a column without a cell shows nothing
     style: str | None = None
-    key: str | None = None        # how the lines under the table name the row; None: its label as shown
+    key: str | None = None        # how the lines under the table name the row (run 12); None: by its label in full
     end_section: bool = False     # a line under the row
 
 
