@@ -83,9 +83,10 @@ class ApproximateIndex:
         return self.recall
 
     def search(self, queries: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-        """(similarities, indices), each (n_queries, k), best first; exact for any query the index
-        found fewer than k neighbours for, and for all of them when tuning fell short of the target."""
+        """(similarities, indices), each (n_queries, min(k, gallery rows)), best first; exact for any
+        query the index found fewer than k neighbours for, and for all when tuning fell short."""
         queries = np.ascontiguousarray(queries, dtype=np.float32)
+        k = min(k, self.gallery.shape[0])
         if self.recall is not None and self.recall < RECALL_TARGET:
             return exact_top_k(queries, self.gallery, k)
         similarities, indices = self.index.search(queries, k)
