@@ -52,7 +52,7 @@ class ApproximateIndex:
             index = faiss.IndexHNSWFlat(width, HNSW_NEIGHBOURS, faiss.METRIC_INNER_PRODUCT)
             kind, parameter, values = "HNSW", "efSearch", _rising(16, max(rows, 16))
         else:
-            lists = max(1, round(IVF_LISTS_PER_SQRT_ROWS * math.sqrt(rows)))
+            lists = max(1, min(round(IVF_LISTS_PER_SQRT_ROWS * math.sqrt(rows)), rows // IVF_TRAINING_ROWS_PER_LIST))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(width), width, lists, faiss.METRIC_INNER_PRODUCT)
             index.train(_training_sample(gallery, lists * IVF_TRAINING_ROWS_PER_LIST))
             kind, parameter, values = f"IVF ({lists} lists)", "nprobe", _rising(1, lists)
