@@ -33,6 +33,7 @@ def test_every_strategy_names_an_unknown_option_and_its_known_ones(name):
     ("cnn-zs", {"poling": "gem"}, "did you mean pooling"),
     ("triplet", {"step": 10}, "did you mean steps"),
     ("adapter", {"los": "triplet"}, "did you mean loss"),
+    ("face-zs", {"upsampel": 1}, "did you mean upsample"),
 ])
 def test_a_misspelt_option_gets_the_nearest_name(name, options, suggestion):
     assert suggestion in _refusal(name, **options)
