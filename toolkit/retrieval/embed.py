@@ -26,13 +26,12 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.markup import escape
-from rich.text import Text
 from torch.utils.data import DataLoader, Dataset
 
 from toolkit.retrieval.encoder import DerivedEncoder, Encoder, l2_normalise
-from toolkit.machine.console import console, warn
+from toolkit.machine.console import warn
+from toolkit.views.progress import progress_bar
 from toolkit.machine.interrupts import interrupts_deferred, worker_batches
 from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
 
@@ -232,17 +231,6 @@ class _Collate:
 def batch_needs(needs: Sequence[tuple[bool, bool]], positions: Sequence[int]) -> tuple[bool, bool]:
     """Whether any image of the batch wants its plain / its mirrored embedding."""
     return any(needs[position][0] for position in positions), any(needs[position][1] for position in positions)
-
-
-class _Speed(ProgressColumn):
-    def render(self, task) -> Text:
-        speed = task.finished_speed or task.speed
-        return Text(f"{speed:.1f} img/s" if speed else "… img/s", style="cyan")
-
-
-def progress_bar(transient: bool = False) -> Progress:
-    return Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), _Speed(),
-                    TimeElapsedColumn(), TimeRemainingColumn(), console=console, transient=transient)
 
 
 def usable_cores() -> int:
