@@ -42,6 +42,8 @@ def default_text(default: Any) -> str:
 
 
 def help_with_default(text: str | None, default: Any, required: bool) -> str:
+    """An option's help with '(default: X)' or '(required)' added; a None default says its meaning
+    in the help text itself ('(default: half the cores)'), and a text that already names it is kept."""
     text = (text or "").rstrip()
     if required:
         return f"{text} (required)".strip()
