@@ -10,8 +10,8 @@ from toolkit.views.race import race_table
 from toolkit.submit.submission import load_submission, validate_submission
 
 
-@pytest.mark.parametrize("text, seconds", [("90m", 5400), ("1h30m", 5400), ("45s", 45), ("5400", 5400),
-                                            ("1.5h", 5400), (None, None), ("", None)])
+@pytest.mark.parametrize("text, seconds", [("90m", 5400), ("1h30m", 5400), ("45s", 45), ("1.5h", 5400),
+                                            (None, None), ("", None)])
 def test_parse_duration(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -19,6 +19,8 @@ def test_parse_duration(text, seconds):
 def test_parse_duration_rejects_nonsense():
     with pytest.raises(ValueError, match="90m"):
         parse_duration("soon")
+    with pytest.raises(ValueError, match="give a unit"):    # 90 seconds or 90 minutes?
+        parse_duration("90")
 
 
 def _check_submission(path, competition):
@@ -47,15 +49,16 @@ def test_race_on_generated_data_writes_valid_submissions(tmp_path, synthetic_com
     assert race_table(result).row_count == 3
 
 
-def test_a_strategy_that_cannot_load_fails_alone(tmp_path, synthetic_competition, tiny_clip_model):
+def test_a_strategy_that_cannot_load_is_left_out_alone(tmp_path, synthetic_competition, tiny_clip_model):
     competition = find_competition(synthetic_competition)
     specs = [("clip-zs", {"model": "ViT-B-32", "pretrained": "no-such-tag"}),
              ("clip-zs", {"model": tiny_clip_model, "pretrained": None})]
     result = race(competition, specs, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False)
-    assert [run.status for run in result.runs] == ["failed", "finished"]
-    assert "no-such-tag" in result.runs[0].reason
-    assert result.best is result.runs[1]
+    broken, working = sorted(result.runs, key=lambda run: run.options["model"] != "ViT-B-32")
+    assert (broken.status, working.status) == ("skipped", "finished")     # its weights cannot be had
+    assert "no-such-tag" in broken.reason
+    assert result.best is working
 
 
 def test_a_strategy_that_cannot_finish_in_the_budget_is_skipped(tmp_path, synthetic_competition, tiny_clip_model):
@@ -181,3 +184,21 @@ def test_a_trained_run_ranks_the_test_with_its_folds_encoders_fused(tmp_path, sy
     assert any("folds' encoders fused" in note for note in run.notes)
     indices = rank_gallery(test, len(competition.queries), run.post_processing, 10)
     assert load_submission(run.submission) == build_submission(competition.queries, competition.gallery, indices)
+
+
+def test_a_strategy_without_its_weights_offline_is_skipped_not_failed(tmp_path, synthetic_competition):
+    """Offline, a strategy whose weights are not on disk (clip-zs in a default race) is left out with
+    its reason, as "skipped", and the others race."""
+    from strategies.base import WeightsUnavailable
+    from tests.test_race_budget import PixelStrategy
+
+    class NoWeights(PixelStrategy):
+        def fit(self, training, context=None, deadline=None):
+            raise WeightsUnavailable("no-weights needs its weights: the model hub is unreachable")
+
+    competition = find_competition(synthetic_competition)
+    result = race(competition, [NoWeights(seed=1), PixelStrategy()], submissions_dir=tmp_path,
+                  cache_dir=tmp_path / "cache", num_workers=0, show_progress=False, ensemble_size=0)
+    statuses = {run.options["seed"]: (run.status, run.reason) for run in result.runs}
+    assert statuses[1] == ("skipped", "no-weights needs its weights: the model hub is unreachable")
+    assert statuses[0][0] == "finished" and result.best.options["seed"] == 0

@@ -146,17 +146,22 @@ class _Race:
             run.status = "queued"
         except OutOfTime:
             self.end_run(run, "timed-out", "still estimating when the budget ended")
+        except WeightsUnavailable as error:   # offline without its weights: not raced, not a failure
+            self.end_run(run, "skipped", str(error))
         except Exception as error:  # a failed probe ends this strategy, not the race
             self.end_run(run, "failed", "estimate failed: " + self.failure(run, error))
 
     def prepare(self, strategy: Strategy, run: StrategyRun) -> None:
         """A zero-shot strategy is fitted (its model loaded) before it is estimated, so that its
         estimate counts only the images its encoder has not cached; the race then uses this fit.
-        One that fails here is left to fail in its run, with the reason."""
+        One without its weights raises WeightsUnavailable; one that fails otherwise is left to fail
+        in its run, with the reason."""
         if strategy.trains or id(run) in self.prepared:
             return
         try:
             self.prepared[id(run)] = strategy.fit([], self.context_for(strategy, self.context))
+        except WeightsUnavailable:
+            raise
         except Exception:   # noqa: BLE001 - the same error is reported when the run fits
             pass
 
@@ -178,6 +183,8 @@ class _Race:
                 self.score_and_submit(strategy, fits, run)
         except OutOfTime:
             self.end_run(run, "timed-out", f"still {run.status} when the budget ended")
+        except WeightsUnavailable as error:   # offline without its weights: not raced, not a failure
+            self.end_run(run, "skipped", str(error))
         except Exception as error:  # one strategy's crash must not end the race
             self.end_run(run, "failed", self.failure(run, error))
         else:
