@@ -82,7 +82,7 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
     "flip": "flip test-time augmentation: auto (validation decides), on or off",
     "rerank": "try query expansion, DBA, k-reciprocal and dual-softmax re-ranking on validation and keep what wins "
               "(--no-rerank: plain nearest neighbours)",
-    "workers": "DataLoader worker processes for decoding (default: half the cores)",
+    "workers": "embedding worker processes (default: half the cores to decode; face-zs: one per core)",
     "gallery-pattern": "filename glob marking stylised training images (e.g. '*_s.*'): they take the gallery role in "
                        "validation, as in the test; 'auto' (default) detects a marker in the names, 'none' draws roles at random",
     "held-out": "fraction of training identities held out for validation",

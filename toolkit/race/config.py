@@ -81,7 +81,8 @@ class RaceConfig:
     flip_tta            flip test-time augmentation: None lets validation decide
     post_process        try the re-ranking recipes on validation and keep what wins
     ensemble_size       the best finished strategies fused into an ensemble (below 2: none)
-    num_workers         DataLoader worker processes for decoding (None: half the cores)
+    num_workers         DataLoader worker processes for embedding (None: half the cores for
+                        decoding beside the model; one per core for a model that runs in them, face-zs)
     show_progress       live table and progress bars
     submissions_dir     where submission files go
     cache_dir           the embedding cache (None: $RETRIEVAL_RACE_CACHE or ~/.cache)
