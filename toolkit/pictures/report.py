@@ -32,7 +32,7 @@ from toolkit.pictures.grid import HIT, MISS, QUERY, UNKNOWN, Cell, GridLayout, G
 from toolkit.pictures.replay import Rankings, ReplayError, replay_run
 from toolkit.race.selection import best_run
 from toolkit.records.rankings import SPLITS
-from toolkit.records.store import Leaderboard, Race, RunSummary
+from toolkit.records.store import Leaderboard, Race, Run, RunSummary
 from toolkit.views.leaderboard import row_kind, run_cells, run_detail, server_text
 from toolkit.views.text import budget_text, local_time
 
@@ -139,7 +139,8 @@ def write_report(board: Leaderboard, race_id: int | None = None, *, make_strateg
         raise ReportError(f"no race {race_id} in {board.path}" if race_id is not None
                           else f"no race in {board.path} yet; invoke race records one")
     summaries = board.summaries(race.id)
-    rankings, notes = best_rankings(board, race.id, make_strategy=make_strategy, cache_dir=cache_dir,
+    best = best_run(board.runs(race.id))      # the run `invoke show` draws: its grids, and only its
+    rankings, notes = best_rankings(board, best, make_strategy=make_strategy, cache_dir=cache_dir,
                                     num_workers=num_workers, show_progress=show_progress)
     figures = []
     for split, count, worst in (("validation", queries, True), ("test", test_queries, False)):
@@ -148,15 +149,14 @@ def write_report(board: Leaderboard, race_id: int | None = None, *, make_strateg
             figures.append(Figure(title, rankings_grid(rankings[split], count, worst, REPORT_LAYOUT)))
     path = Path(out) if out else REPORTS / f"race-{race.id}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(report_html(race, summaries, figures, " ".join(notes)), encoding="utf-8")
+    path.write_text(report_html(race, summaries, figures, " ".join(notes), best), encoding="utf-8")
     return path
 
 
-def best_rankings(board: Leaderboard, race_id: int, **replay_options) -> tuple[dict[str, Rankings], list[str]]:
-    """The validation and test rankings of the race's best run (toolkit.race.selection.best_run;
-    replay_run with replay_options), and notes on what of it cannot be shown. Only that run's: a
-    split it cannot give is left out with the reason, never filled in from another run."""
-    best = best_run(board.runs(race_id))
+def best_rankings(board: Leaderboard, best: Run | None, **replay_options) -> tuple[dict[str, Rankings], list[str]]:
+    """The validation and test rankings of the race's best run (replay_run with replay_options),
+    and notes on what of it cannot be shown. Only that run's: a split it cannot give is left out
+    with the reason, never filled in from another run."""
     if best is None:
         return {}, ["No run of this race finished, so there are no retrieval grids."]
     try:
@@ -192,9 +192,10 @@ img.grid { max-width: 100%; border: 1px solid #ddd; }
 """
 
 
-def report_html(race: Race, summaries: Sequence[RunSummary], figures: Sequence[Figure], note: str = "") -> str:
+def report_html(race: Race, summaries: Sequence[RunSummary], figures: Sequence[Figure], note: str = "",
+                best: Run | None = None) -> str:
+    """The page; `figures` show `best`, the run named under "What the best run returns"."""
     runs = [summary.run for summary in summaries]
-    best = best_run(runs)
     parts = [
         "<!DOCTYPE html>",
         '<html lang="en">',
