@@ -143,12 +143,7 @@ class FaceZeroShot(Strategy):
                 "num_jitters": 0, "batch_size": 32}
 
     def __init__(self, **options: Any):
-        unknown = sorted(set(options) - set(self.DEFAULTS))
-        if unknown:
-            raise ValueError(f"face-zs has no option {', '.join(unknown)}; "
-                             f"known: {', '.join(sorted(self.DEFAULTS))}")
-        super().__init__(**options)
-        self.settings = {**self.DEFAULTS, **options}
+        super().__init__(**options)     # names checked against DEFAULTS; self.settings (strategies.base)
         self.detectors = faces.detector_chain(self.settings["detector"], "face-zs detector")
         if int(self.settings["upsample"]) < 0 or int(self.settings["num_jitters"]) < 0:
             raise ValueError("face-zs upsample and num_jitters must be >= 0")

@@ -65,7 +65,8 @@ def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Race
                                config.max_folds, gallery_per_query(data) if config.test_shaped else None)
     observer.split(yardstick)
     with holding_interrupts() as pressed:   # the race row is not begun without the code that ends it
-        recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded())
+        recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded(),
+                                yardstick=yardstick)
         entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name, trains=strategy.trains,
                                           options=dict(strategy.options))) for strategy in strategies]
         race = _Race(data, yardstick, budget, recorder, config, observer, runs=[run for _, run in entries])
