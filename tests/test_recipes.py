@@ -98,3 +98,14 @@ def test_scorers_chain_on_the_scores_before_them():
                                     step("dual-softmax", temperature=0.1)), query, gallery, 8)
     scores = dual_softmax(-k_reciprocal_distance(query, gallery, k1=4, k2=2, lambda_value=0.3), 0.1)
     np.testing.assert_array_equal(chained, np.argsort(-scores, axis=1, kind="stable"))
+
+
+def test_every_recipe_ranks_a_fold_with_no_queries():
+    """A tiny competition can leave a validation fold without queries: every recipe then ranks
+    nothing, it does not raise (dual-softmax's reductions over an empty axis did)."""
+    from toolkit.retrieval.recipes import candidate_recipes, ranked_indices
+
+    gallery = np.random.default_rng(0).standard_normal((5, 8)).astype(np.float32)
+    gallery /= np.linalg.norm(gallery, axis=1, keepdims=True)
+    for candidate in candidate_recipes():
+        assert ranked_indices(candidate, np.zeros((0, 8), np.float32), gallery, 10).shape[0] == 0, candidate

@@ -65,6 +65,8 @@ def database_augmentation(gallery: np.ndarray, n: int = 2, alpha: float = 3.0) -
 def dual_softmax(similarity: np.ndarray, temperature: float = 0.05) -> np.ndarray:
     """Similarity (queries x gallery) re-weighted by both softmaxes; higher is better."""
     logits = np.asarray(similarity, dtype=np.float64) / temperature
+    if 0 in logits.shape:                   # no queries or no gallery: nothing to re-weight
+        return logits.astype(np.float32)
     over_gallery = np.exp(logits - logits.max(axis=1, keepdims=True))
     over_gallery /= over_gallery.sum(axis=1, keepdims=True)
     over_queries = np.exp(logits - logits.max(axis=0, keepdims=True))
