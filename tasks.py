@@ -426,12 +426,13 @@ def report(c, race: Identifier | None = None, out=None, queries: Count = 8, test
     against the server, and the best run's retrieval grids. Opens offline."""
     from strategies import create_strategy
     from toolkit.machine.console import console
-    from toolkit.pictures.report import ReportError, write_report
+    from toolkit.pictures.report import REPORTS, ReportError, write_report
 
     with _open_leaderboard(leaderboard) as board:
         try:
             path = write_report(board, race, make_strategy=create_strategy, out=out, queries=queries,
-                                test_queries=test_queries, show_progress=True, num_workers=workers)
+                                test_queries=test_queries, show_progress=True, num_workers=workers,
+                                reports=project_path(REPORTS))
         except ReportError as error:
             raise _fail(escape(str(error))) from None
     console.print(f"wrote {escape(str(path))} (open it in a browser; it needs no network)", soft_wrap=True)

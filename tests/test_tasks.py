@@ -73,6 +73,8 @@ def test_run_from_a_sub_folder_every_default_path_is_in_the_project_folder(tmp_p
 
     run("demo", "--strategies", "cnn-zs[pretrained=false,image_size=64]")
     shown = run("show", "--queries", "2")
+    run("report", "--queries", "2", "--test-queries", "1")
+    assert list((project / "reports").glob("race-*.html"))
     assert (project / "data" / "demo" / "answers.json").is_file()
     assert list((project / "submissions").glob("*-cnn-zs-*.json")) and list((project / "submissions").glob("*-best.json"))
     assert (project / "boards" / "lb.db").is_file() and list((project / "reports").glob("*.png")), shown.stdout

@@ -196,3 +196,32 @@ def test_validation_score_is_the_competition_score():
     # identity 5's vector for a query of identity 0: not within the top 1, but within the top 5
     queries = np.array([0.9 * gallery[5] + 0.1 * gallery[0]], dtype=np.float32)
     assert validation_score(queries, gallery, [0], gallery_labels) == pytest.approx(400.0)
+
+
+def test_a_loader_s_workers_are_stopped_when_training_ends_early():
+    """train_until over a DataLoader with workers (an endless identity sampler): when a step raises
+    (here a Ctrl-C), the workers are gone already while the exception is still being handled,
+    not left to torch's shutdown once the traceback is dropped; after a normal end too."""
+    import multiprocessing
+
+    labels = [index // 4 for index in range(32)]
+    model = torch.nn.Linear(1, 1)
+    loader = torch.utils.data.DataLoader(torch.arange(32, dtype=torch.float32)[:, None], num_workers=2,
+                                         batch_sampler=IdentityBatchSampler(labels, 2, 2, seed=0))
+    calls = []
+
+    def step_fn(rows):
+        calls.append(len(rows))
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return model(rows).pow(2).mean()
+
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+    with pytest.raises(KeyboardInterrupt):
+        try:
+            train_until(model, step_fn, loader, optimizer, max_steps=100)
+        except KeyboardInterrupt:
+            assert multiprocessing.active_children() == [], "the loader's workers outlived the training loop"
+            raise
+    result = train_until(model, lambda rows: model(rows).pow(2).mean(), loader, optimizer, max_steps=4)
+    assert result.steps == 4 and multiprocessing.active_children() == []

@@ -130,8 +130,9 @@ class Figure:
 
 def write_report(board: Leaderboard, race_id: int | None = None, *, make_strategy: Callable[..., Any],
                  out: str | Path | None = None, queries: int = 8, test_queries: int = 4,
-                 cache_dir: Path | None = None, num_workers: int | None = None, show_progress: bool = False) -> Path:
-    """Write the race's report (default: the latest race, to reports/race-<id>.html); return its path.
+                 cache_dir: Path | None = None, num_workers: int | None = None, show_progress: bool = False,
+                 reports: Path = REPORTS) -> Path:
+    """Write the race's report (default: the latest race, to `reports`/race-<id>.html); return its path.
     make_strategy(name, **options) creates a strategy again (strategies.create_strategy), to re-create
     the best run's rankings (toolkit.pictures.replay)."""
     race = board.race(race_id) if race_id is not None else board.latest_race()
@@ -147,7 +148,7 @@ def write_report(board: Leaderboard, race_id: int | None = None, *, make_strateg
         if count > 0 and split in rankings:
             title, _ = grid_title(rankings[split], min(count, len(rankings[split].query_paths)), worst)
             figures.append(Figure(title, rankings_grid(rankings[split], count, worst, REPORT_LAYOUT)))
-    path = Path(out) if out else REPORTS / f"race-{race.id}.html"
+    path = Path(out) if out else Path(reports) / f"race-{race.id}.html"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(report_html(race, summaries, figures, " ".join(notes), best), encoding="utf-8")
     return path

@@ -14,6 +14,7 @@ first, and leaves the model holding its best evaluated weights.
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import math
 import random
@@ -24,7 +25,9 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader
 
+from toolkit.machine.interrupts import worker_batches
 from toolkit.retrieval.metrics import score_rankings
 from toolkit.retrieval.search import top_k
 
@@ -158,21 +161,34 @@ class _Stepper:
 
 
 class _Batches:
-    """Endless batches from any iterable: an infinite sampler, or a finite one restarted."""
+    """Endless batches from any iterable: an infinite sampler, or a finite one restarted. A
+    DataLoader is iterated through worker_batches, so its workers ignore Ctrl-C and are stopped at
+    once when training ends early (a deadline, an error, Ctrl-C): close() when done."""
 
     def __init__(self, batches: Iterable):
         self.batches = batches
-        self.iterator = iter(batches)
+        self._workers = contextlib.ExitStack()
+        self.iterator = self._start()
+
+    def _start(self) -> Iterator:
+        self.close()
+        if isinstance(self.batches, DataLoader):
+            return self._workers.enter_context(worker_batches(self.batches))
+        return iter(self.batches)
 
     def next(self) -> Any:
         try:
             return next(self.iterator)
         except StopIteration:
-            self.iterator = iter(self.batches)
+            self.iterator = self._start()
             try:
                 return next(self.iterator)
             except StopIteration:
                 raise ValueError("train_until got no batches: the batch iterable is empty") from None
+
+    def close(self) -> None:
+        self._workers.close()
+        self._workers = contextlib.ExitStack()
 
 
 def _past(deadline: float | None) -> bool:
@@ -217,14 +233,17 @@ def train_until(model: nn.Module, step_fn: Callable[[Any], torch.Tensor], batche
     model.train()
     if evaluate is not None and evaluate_at_start:
         run_evaluation()
-    while steps < max_steps:
-        if _past(deadline):
-            stopped_by = "deadline"
-            break
-        stepper(source.next())
-        steps += 1
-        if evaluate is not None and evaluate_every > 0 and steps % evaluate_every == 0:
-            run_evaluation()
+    try:
+        while steps < max_steps:
+            if _past(deadline):
+                stopped_by = "deadline"
+                break
+            stepper(source.next())
+            steps += 1
+            if evaluate is not None and evaluate_every > 0 and steps % evaluate_every == 0:
+                run_evaluation()
+    finally:        # the loader's workers stopped now, not after torch's 5 s wait for each
+        source.close()
     if evaluate is not None and (not history or history[-1][0] != steps):
         run_evaluation()
     model.eval()
@@ -257,6 +276,7 @@ def seconds_per_step(model: nn.Module, step_fn: Callable[[Any], torch.Tensor], b
                 torch.cuda.synchronize(stepper.device)
             durations.append(time.perf_counter() - begun)
     finally:
+        source.close()
         model.load_state_dict(model_state)
         optimizer.load_state_dict(optimizer_state)
         optimizer.zero_grad(set_to_none=True)
