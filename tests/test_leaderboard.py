@@ -137,3 +137,34 @@ def test_the_race_records_each_run_as_it_ends_skipped_ones_too(tmp_path, synthet
         [run] = board.runs(race.id)
         assert (run.name, run.strategy, run.status) == ("face-zs", "face-zs", "skipped")
         assert "estimated" in run.reason and run.submission_path is None
+
+
+def _open_at_once(path, barrier, failures):
+    barrier.wait()
+    try:
+        Leaderboard(path).close()
+    except LeaderboardError as error:
+        failures.put(str(error))
+
+
+def test_processes_opening_one_new_file_at_once_all_open_it(tmp_path):
+    """Switching a new file to WAL takes an exclusive lock without SQLite's busy handler, so of two
+    processes creating one leaderboard at the same moment, one got "database is locked" (4 of 30
+    tries with two processes); opening waits instead."""
+    import multiprocessing
+
+    context = multiprocessing.get_context("fork")
+    failures = context.Queue()
+    for attempt in range(40):
+        path = tmp_path / f"new-{attempt}.db"
+        barrier = context.Barrier(4)
+        processes = [context.Process(target=_open_at_once, args=(path, barrier, failures)) for _ in range(4)]
+        for process in processes:
+            process.start()
+        for process in processes:
+            process.join(60)
+            assert process.exitcode == 0
+    found = []
+    while not failures.empty():
+        found.append(failures.get())
+    assert found == []

@@ -49,14 +49,14 @@ def test_race_on_generated_data_writes_valid_submissions(tmp_path, synthetic_com
     assert race_table(result).row_count == 3
 
 
-def test_a_strategy_that_cannot_load_is_left_out_alone(tmp_path, synthetic_competition, tiny_clip_model):
+def test_a_strategy_that_cannot_load_fails_alone(tmp_path, synthetic_competition, tiny_clip_model):
     competition = find_competition(synthetic_competition)
     specs = [("clip-zs", {"model": "ViT-B-32", "pretrained": "no-such-tag"}),
              ("clip-zs", {"model": tiny_clip_model, "pretrained": None})]
     result = race(competition, specs, submissions_dir=tmp_path, cache_dir=tmp_path / "cache",
                       num_workers=0, show_progress=False)
     broken, working = sorted(result.runs, key=lambda run: run.options["model"] != "ViT-B-32")
-    assert (broken.status, working.status) == ("skipped", "finished")     # its weights cannot be had
+    assert (broken.status, working.status) == ("failed", "finished")      # no such weights: a wrong option
     assert "no-such-tag" in broken.reason
     assert result.best is working
 

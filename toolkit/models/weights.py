@@ -14,6 +14,11 @@ class WeightsUnavailable(RuntimeError):
     """Raised when a model's pretrained weights cannot be found or downloaded."""
 
 
+class NoSuchWeights(WeightsUnavailable):
+    """Raised when the weights asked for do not exist under that name (a wrong option, not a
+    download still to make): a race fails such a run rather than skipping it."""
+
+
 @dataclass(frozen=True)
 class WeightsStatus:
     available_offline: bool
@@ -141,7 +146,7 @@ def open_clip_cached_file(model: str, pretrained: str) -> tuple[str | None, str]
     config = get_pretrained_cfg(model, pretrained)
     if not config:
         known = ", ".join(open_clip.list_pretrained_tags_by_model(model)) or "none"
-        raise WeightsUnavailable(f"open_clip has no pretrained tag {pretrained!r} for model {model!r} "
+        raise NoSuchWeights(f"open_clip has no pretrained tag {pretrained!r} for model {model!r} "
                                  f"(known tags: {known})")
     if config.get("hf_hub"):
         from huggingface_hub import try_to_load_from_cache

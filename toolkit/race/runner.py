@@ -25,7 +25,7 @@ from typing import Sequence
 
 from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
-from toolkit.models.weights import WeightsUnavailable
+from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
 from toolkit.machine.interrupts import holding_interrupts
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
 from toolkit.race.config import AUTO, RaceConfig
@@ -140,15 +140,19 @@ class _Race:
             return
         run.status = "estimating"
         try:
-            with hard_stop(self.budget.end):
+            if strategy.trains:
+                with hard_stop(self.budget.end):
+                    run.estimate = float(strategy.estimate(self.yardstick.folds[0].fit,
+                                                           self.context_for(strategy, context)))
+            else:       # its model loaded, then arithmetic: bounded, so never cut short
                 self.prepare(strategy, run)
                 run.estimate = float(strategy.estimate(self.yardstick.folds[0].fit,
                                                        self.context_for(strategy, context, run)))
             run.status = "queued"
         except OutOfTime:
             self.end_run(run, "timed-out", "still estimating when the budget ended")
-        except WeightsUnavailable as error:   # offline without its weights: not raced, not a failure
-            self.end_run(run, "skipped", str(error))
+        except WeightsUnavailable as error:
+            self.without_weights(run, error)
         except Exception as error:  # a failed probe ends this strategy, not the race
             self.end_run(run, "failed", "estimate failed: " + self.failure(run, error))
 
@@ -184,8 +188,8 @@ class _Race:
                 self.score_and_submit(strategy, fits, run)
         except OutOfTime:
             self.end_run(run, "timed-out", f"still {run.status} when the budget ended")
-        except WeightsUnavailable as error:   # offline without its weights: not raced, not a failure
-            self.end_run(run, "skipped", str(error))
+        except WeightsUnavailable as error:
+            self.without_weights(run, error)
         except Exception as error:  # one strategy's crash must not end the race
             self.end_run(run, "failed", self.failure(run, error))
         else:
@@ -349,6 +353,14 @@ class _Race:
             reason, trace = f"{type(error).__name__}: {error}", traceback.format_exc()
         self.observer.failed(run, reason, trace)
         return reason
+
+    def without_weights(self, run: StrategyRun, error: WeightsUnavailable) -> None:
+        """Offline without its weights: skipped with the reason, not a failure; weights that do not
+        exist under the name given (NoSuchWeights, a wrong option) fail the run."""
+        if isinstance(error, NoSuchWeights):
+            self.end_run(run, "failed", self.failure(run, error))
+        else:
+            self.end_run(run, "skipped", str(error))
 
     def end_run(self, run: StrategyRun, status: str, reason: str = "") -> None:
         run.status, run.reason = status, reason or run.reason

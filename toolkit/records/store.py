@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import json
 import os
-import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -39,22 +38,19 @@ from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
 from toolkit.race.selection import best_run
+from toolkit.records.sqlite_file import (BUSY_TIMEOUT_MS, LeaderboardError, begin_immediate, check_pages,
+                                         configure_connection, fault, is_fault)
 from toolkit.records.migrations import create_or_upgrade
 from toolkit.records.provenance import machine_details
 from toolkit.records.rankings import RunRankings
 from toolkit.retrieval.recipes import Recipe
 
-BUSY_TIMEOUT_MS = 30_000
 RUN_STATUSES = ("finished", "skipped", "failed", "timed-out", "manual")
 SUBMISSION_STATES = ("sending", "scored", "failed")
 
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)           # stored in UTC, shown in local time
-
-
-class LeaderboardError(RuntimeError):
-    """The leaderboard file cannot be opened, or a run asked for is not in it."""
 
 
 class RecipeText(TypeDecorator):
@@ -172,15 +168,15 @@ class Leaderboard:
         except OSError as error:
             raise LeaderboardError(f"{self.path}: cannot create its folder ({error.strerror or error})") from None
         self.engine = create_engine(f"sqlite:///{self.path}", connect_args={"timeout": BUSY_TIMEOUT_MS / 1000})
-        event.listen(self.engine, "connect", _configure_connection)
-        event.listen(self.engine, "begin", _begin_immediate)
+        event.listen(self.engine, "connect", configure_connection)
+        event.listen(self.engine, "begin", begin_immediate)
         self._sending: list[ServerSubmission] = []     # attempts started here and not finished yet
         try:
-            _check_pages(self.engine, self.path)
+            check_pages(self.engine, self.path)
             self.schema_version = create_or_upgrade(self.engine, TABLES)
         except (SQLAlchemyError, LeaderboardError) as error:
             self.engine.dispose()
-            raise _fault(self.path, "open", error) from None
+            raise fault(self.path, "open", error) from None
         event.listen(self.engine, "handle_error", self._database_fault)
 
     def close(self, reason: str = "the toolkit stopped before the server answered") -> None:
@@ -205,8 +201,8 @@ class Leaderboard:
 
     def _database_fault(self, context: Any) -> None:
         """sqlalchemy's handle_error: a damaged or unusable file is a LeaderboardError naming it."""
-        if _is_fault(context.original_exception):
-            raise _fault(self.path, "read or write", context.original_exception)
+        if is_fault(context.original_exception):
+            raise fault(self.path, "read or write", context.original_exception)
 
     def _session(self) -> Session:
         return Session(self.engine, expire_on_commit=False)
@@ -397,51 +393,3 @@ def _run_fields(fields: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(fields.get("options"), (str, type(None))):
         fields = {**fields, "options": _json(fields["options"])}
     return fields
-
-
-# --- the database file ---------------------------------------------------------------------------
-
-
-def _configure_connection(dbapi_connection: Any, connection_record: Any) -> None:
-    dbapi_connection.isolation_level = None        # transactions are begun by _begin_immediate
-    cursor = dbapi_connection.cursor()
-    cursor.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-    cursor.execute("PRAGMA journal_mode = WAL")
-    cursor.execute("PRAGMA synchronous = NORMAL")
-    cursor.close()
-
-
-def _check_pages(engine: Any, path: Path) -> None:
-    """SQLite's quick check of every page, so that damage is found when the file opens rather than
-    halfway through a table; raise LeaderboardError naming the first problems."""
-    with engine.connect() as connection:
-        problems = [row[0] for row in connection.exec_driver_sql("PRAGMA quick_check").fetchall()]
-    if problems != ["ok"]:
-        raise _damaged(path, "open", "; ".join(" ".join(problem.split()) for problem in problems[:3]))
-
-
-def _is_fault(error: BaseException) -> bool:
-    """A file SQLite finds damaged (DatabaseError) or cannot use (OperationalError: locked past the
-    busy timeout, disk full or read-only, I/O error); constraint and programming errors stay bugs."""
-    return type(error) is sqlite3.DatabaseError or isinstance(error, sqlite3.OperationalError)
-
-
-def _fault(path: Path, doing: str, error: BaseException) -> LeaderboardError:
-    """The one line for a file that cannot be opened, read or written."""
-    if isinstance(error, LeaderboardError):
-        return error
-    reason = getattr(error, "orig", None) or error
-    if type(reason) is sqlite3.DatabaseError:
-        return _damaged(path, doing, str(reason))
-    return LeaderboardError(f"{path}: cannot {doing} the leaderboard ({reason})")
-
-
-def _damaged(path: Path, doing: str, detail: str) -> LeaderboardError:
-    return LeaderboardError(f"{path}: cannot {doing} the leaderboard: the file is damaged or not a leaderboard "
-                            f"({detail}); move it aside to start a new one (sqlite3's .recover can save its rows)")
-
-
-def _begin_immediate(connection: Any) -> None:
-    # Take the write lock at the start: a deferred transaction that reads, then writes, can fail at
-    # once with SQLITE_BUSY under WAL when another process wrote in between; this one waits.
-    connection.exec_driver_sql("BEGIN IMMEDIATE")
