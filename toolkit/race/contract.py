@@ -18,7 +18,7 @@ from typing import Any, ClassVar, Sequence
 import torch
 
 from toolkit.models.weights import WeightsStatus
-from toolkit.retrieval.embed import Embeddings, embed_images, passes_to_compute, uncached_paths
+from toolkit.retrieval.embed import Embeddings, embed_images, passes_to_compute
 from toolkit.retrieval.encoder import Encoder
 
 
@@ -54,10 +54,6 @@ class RaceContext:
         return embed_images(encoder, paths, cache_dir=self.cache_dir, flip_tta=flip_tta, mirrored_too=mirrored_too,
                             num_workers=self.num_workers, description=description,
                             show_progress=self.show_progress if show_progress is None else show_progress)
-
-    def uncached(self, encoder: Encoder, paths: Sequence[Path], flip_tta: bool = False) -> list[Path]:
-        """Those of `paths` whose embeddings are not in the race's cache yet."""
-        return uncached_paths(encoder, paths, cache_dir=self.cache_dir, flip_tta=flip_tta)
 
     def passes(self, encoder: Encoder, paths: Sequence[Path], flip_tta: bool | None | str = "race") -> int:
         """Model passes embedding `paths` still costs with the race's cache: plain, and mirrored

@@ -244,7 +244,7 @@ def default_workers(encoder: Encoder | None = None) -> int:
     """Worker processes for embedding: one per core when the model runs in them (its work is
     the race's; the main process then only collects), else a few for decoding beside the model."""
     if encoder is not None and encoder.encodes_in_workers:
-        return usable_cores()
+        return model_processes()
     return min(4, max(1, (os.cpu_count() or 2) // 2))
 
 
@@ -259,18 +259,6 @@ def _caches(encoder: Encoder, cache_dir: Path | None) -> tuple[EmbeddingCache, E
         encoder = encoder.base
     root = cache_dir or default_cache_dir()
     return EmbeddingCache(root, encoder.fingerprint), EmbeddingCache(root, encoder.fingerprint + MIRRORED)
-
-
-def uncached_paths(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
-                   flip_tta: bool = False) -> list[Path]:
-    """The paths whose embeddings are not in the cache yet (with flip_tta: plain or mirrored)."""
-    plain, mirrored = _caches(encoder, cache_dir)
-    missing = []
-    for path in map(Path, paths):
-        key = file_digest(path) if path.is_file() else None
-        if key is None or plain.get(key) is None or (flip_tta and mirrored.get(key) is None):
-            missing.append(path)
-    return missing
 
 
 def passes_to_compute(encoder: Encoder, paths: Sequence[Path], cache_dir: Path | None = None,
