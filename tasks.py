@@ -88,17 +88,19 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
     "held-out": "fraction of training identities held out for validation",
     "submissions": "folder the submission files are written to (default: submissions/ in the project folder)",
     "leaderboard": "leaderboard file the race is recorded in (default: the setting `leaderboard`, leaderboard.db)",
+    "cluster": "race the strategies at once on Ray: local (start one here), auto (the `ray start` cluster), "
+               "ray://host:10001 (default: none, one after another in this process)",
 }, interrupted=NOTHING_RACED)
 def race(c, data, strategies=DEFAULT_STRATEGIES, budget=None, seed: Whole = RaceConfig.seed, flip="auto",
          workers: ZeroOrMore | None = None, gallery_pattern=RaceConfig.gallery_pattern,
          held_out: Fraction = RaceConfig.held_out_fraction, submissions=None, rerank=RaceConfig.post_process,
-         leaderboard=None):
+         leaderboard=None, cluster=None):
     """Race strategies on a competition folder; write each one's submission and show validation scores."""
     from toolkit.race.config import race_config
 
     try:
         config = race_config(budget=budget, seed=seed, flip=flip, workers=workers, gallery_pattern=gallery_pattern,
-                             held_out=held_out, submissions=submissions, rerank=rerank)
+                             held_out=held_out, submissions=submissions, rerank=rerank, cluster=cluster)
     except ValueError as error:
         raise _fail(escape(str(error))) from None
     _race(data, strategies, config, leaderboard)

@@ -138,6 +138,7 @@ class FaceZeroShot(Strategy):
     name = "face-zs"
     summary = "dlib HOG (then CNN) face detector + 5-point alignment + 128-D ResNet descriptor (zero-shot)"
     images_per_second_cpu = 14.0   # in each describing process (one per core): measured 13-15 img/s
+    uses_gpu = False               # dlib's descriptor runs on the CPU: on a cluster it asks for a core
 
     DEFAULTS = {"detector": faces.DEFAULT_CHAIN, "upsample": 0, "fallback": 0.45, "fallback_dy": 0.0,
                 "num_jitters": 0, "batch_size": 32}

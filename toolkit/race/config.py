@@ -86,6 +86,8 @@ class RaceConfig:
     show_progress       live table and progress bars
     submissions_dir     where submission files go
     cache_dir           the embedding cache (None: $RETRIEVAL_RACE_CACHE or ~/.cache)
+    cluster             a Ray cluster to race the strategies on, all at once: "local", "auto",
+                        "ray://host:10001" (toolkit.race.cluster); None: one after another here
     """
 
     budget_seconds: float | None = None
@@ -101,6 +103,7 @@ class RaceConfig:
     show_progress: bool = True
     submissions_dir: Path = Path("submissions")
     cache_dir: Path | None = None
+    cluster: str | None = None
 
     # what the race row keeps: what decides the numbers, not where files go or how it is shown
     RECORDED = ("seed", "held_out_fraction", "max_folds", "test_shaped", "gallery_pattern", "flip_tta",

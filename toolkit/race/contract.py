@@ -77,13 +77,14 @@ class Strategy(ABC):
 
     Class attributes: `name` (registry key), `summary` (one line for `invoke strategies`),
     `images_per_second_cpu` (nominal throughput used to estimate cost before a probe exists),
-    `trains` (whether fit() trains: such strategies run after the zero-shot ones).
+    `trains` (whether fit() trains: such strategies run after the zero-shot ones), `uses_gpu`.
     """
 
     name: ClassVar[str]
     summary: ClassVar[str]
     images_per_second_cpu: ClassVar[float] = 10.0
     trains: ClassVar[bool] = False
+    uses_gpu: ClassVar[bool] = True       # its model runs on a GPU when there is one (dlib's does not)
 
     def __init__(self, **options: Any):
         self.options = options
@@ -98,6 +99,11 @@ class Strategy(ABC):
     @abstractmethod
     def weights_status(self) -> WeightsStatus:
         """Whether the weights this strategy needs are on disk now (no download attempted)."""
+
+    def resources(self, gpus: bool) -> dict[str, float]:
+        """What one run asks of a Ray cluster (toolkit.race.cluster): a core, and a GPU when the
+        cluster has GPUs and the strategy's model runs on one (`uses_gpu`)."""
+        return {"num_cpus": 1, "num_gpus": 1 if gpus and self.uses_gpu else 0}
 
     def estimate_seconds(self, n_images: int, context: RaceContext | None = None) -> float:
         """Rough wall-clock cost of embedding n_images on this machine, from nominal speed."""

@@ -12,6 +12,8 @@ fused into ensembles, and the best picked.
 - Ensembles (toolkit.retrieval.ensemble) of the best finished strategies, from their embeddings.
 - The best run by validation score is also written as <time>-best.json.
 - Ctrl-C keeps everything finished and raises RaceInterrupted, which carries the result.
+- With `config.cluster`, the strategies run at once on Ray workers (toolkit.race.cluster), and
+  everything else here, as in process.
 What a person sees comes from the RaceObserver it is given (toolkit.views has the terminal's).
 """
 from __future__ import annotations
@@ -27,12 +29,14 @@ from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
 from toolkit.machine.interrupts import holding_interrupts
+from toolkit.race.cluster import cluster_session, race_on_cluster
+from toolkit.race.remote import Precomputed
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import Fitted, RaceContext, Strategy
 from toolkit.race.evaluation import as_fold, evaluate
 from toolkit.race.runs import RUNNING, RaceInterrupted, RaceObserver, RaceResult, RunVectors, StrategyRun
-from toolkit.race.selection import choose_best, ranked_runs
+from toolkit.race.selection import choose_best, ensemble_members, member_names
 from toolkit.race.validation import Yardstick, gallery_per_query
 from toolkit.records.recorder import RaceRecorder
 from toolkit.records.store import Leaderboard
@@ -54,22 +58,32 @@ def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Race
     says. `leaderboard` (a Leaderboard or its file) records the race as it starts and each run as
     it ends; `observer` is told what happens (None: nothing is shown). Ctrl-C raises
     RaceInterrupted after writing the best so far."""
-    observer = observer or RaceObserver()
+    with cluster_session(config.cluster):       # no cluster: nothing; else Ray joined, then left
+        return _run_race(data, strategies, config, leaderboard, observer or RaceObserver())
+
+
+def make_yardstick(data: CompetitionData, config: RaceConfig) -> Yardstick:
+    """The folds every run is scored on, as the config says (the same on every machine)."""
+    return Yardstick.make(data.training, config.held_out_fraction, config.seed, config.gallery_pattern,
+                          config.max_folds, gallery_per_query(data) if config.test_shaped else None)
+
+
+def _run_race(data: CompetitionData, strategies: Sequence[Strategy], config: RaceConfig,
+              leaderboard: Leaderboard | str | Path | None, observer: RaceObserver) -> RaceResult:
     budget = Budget(config.budget_seconds)
     if config.gallery_pattern == AUTO:
         config = replace(config, gallery_pattern=detect_gallery_pattern(data.training))
         observer.roles(config.gallery_pattern, detected=True)
     else:
         observer.roles(config.gallery_pattern, detected=False)
-    yardstick = Yardstick.make(data.training, config.held_out_fraction, config.seed, config.gallery_pattern,
-                               config.max_folds, gallery_per_query(data) if config.test_shaped else None)
+    yardstick = make_yardstick(data, config)
     observer.split(yardstick)
     with holding_interrupts() as pressed:   # the race row is not begun without the code that ends it
         recorder = RaceRecorder(leaderboard, data, config.budget_seconds, options=config.recorded(),
                                 yardstick=yardstick)
         entries = [(strategy, StrategyRun(label=strategy.describe(), strategy=strategy.name, trains=strategy.trains,
                                           options=dict(strategy.options))) for strategy in strategies]
-        race = _Race(data, yardstick, budget, recorder, config, observer, runs=[run for _, run in entries])
+        race = Race(data, yardstick, budget, recorder, config, observer, runs=[run for _, run in entries])
     try:
         if pressed:
             raise KeyboardInterrupt
@@ -83,7 +97,7 @@ def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Race
 
 
 @dataclass
-class _Race:
+class Race:
     """One race under way: what every step needs, and the steps."""
 
     data: CompetitionData
@@ -125,6 +139,9 @@ class _Race:
     # --- strategies ------------------------------------------------------------------------------
 
     def run_strategies(self, entries: list[tuple[Strategy, StrategyRun]]) -> None:
+        if self.config.cluster:
+            race_on_cluster(self, entries)      # each strategy on a worker, at the same time
+            return
         context = self.context
         for strategy, run in entries:
             self.estimate(strategy, run, context)
@@ -238,10 +255,19 @@ class _Race:
     def score_and_submit(self, strategy: Strategy, fits: list[Fitted], run: StrategyRun) -> None:
         """Choose flip and post-processing, score on the yardstick, embed the test set with the
         folds' encoders (embed_test), write the submission."""
-        encoders = [fit.encoder for fit in fits]
-        encoder = encoders[0]
+        folds = self.validate(strategy, fits, run)
+        self.submit(run, folds, self.embed_test(strategy, [fit.encoder for fit in fits], run), fits[0].encoder.report())
+
+    def flips(self, encoder) -> list[bool]:
+        """The flip settings validation tries: the race's, else plain and (when it can) mirrored."""
         flip_tta = self.config.flip_tta
-        flips = [flip_tta] if flip_tta is not None else ([False, True] if encoder.flippable else [False])
+        return [flip_tta] if flip_tta is not None else ([False, True] if encoder.flippable else [False])
+
+    def validate(self, strategy: Strategy, fits: list[Fitted], run: StrategyRun) -> list[Embeddings]:
+        """Choose flip and post-processing on validation and score the choice on the yardstick;
+        returns the yardstick folds' embeddings at the chosen flip."""
+        encoders = [fit.encoder for fit in fits]
+        flips = self.flips(encoders[0])
         recipes = None if self.config.post_process else [PLAIN]
         evaluation = evaluate(encoders, not strategy.trains, self.yardstick, flips, recipes,  # plain and
                               embed=lambda enc, paths, flip, what:          # mirrored in one pass
@@ -251,22 +277,23 @@ class _Race:
         run.flip_tta, run.post_processing = evaluation.flip, evaluation.recipe
         if evaluation.note:
             run.notes.append(evaluation.note)
-        test = self.embed_test(strategy, encoders, run)
+        return evaluation.folds
+
+    def submit(self, run: StrategyRun, folds: list[Embeddings], test: Embeddings, encoder_report: str = "") -> None:
+        """Rank the test set with the validated choice and write the run's submission."""
         self.observer.unreadable("test", test.unreadable)
         run.submission = self.write_submission(run, test, run.post_processing)
-        run.vectors = RunVectors(validation=evaluation.folds, test=test)
+        run.vectors = RunVectors(validation=folds, test=test)
         if test.unreadable:
             run.notes.append(f"{len(test.unreadable)} unreadable test images")
-        if encoder.report():
-            run.notes.append(encoder.report())
+        if encoder_report:
+            run.notes.append(encoder_report)
 
     def embed_test(self, strategy: Strategy, encoders: list, run: StrategyRun) -> Embeddings:
-        """The test set as every fold's encoder embeds it, fused with equal weights (toolkit.retrieval.
-        ensemble.fuse: the cosine of fused vectors is the mean of the folds' cosines). Each fold's fit
-        learned from different identities, and their mean varies less than any one of them (bagging;
-        lfw-style, adapter, 3 folds: test scores of single folds 958.6-968.4 with centre +
-        k-reciprocal, the fused folds 965.4: steadier, not higher than the best fold). The other folds' encoders are left out when
-        embedding the test again with them would not fit in the time left."""
+        """The test set as every fold's encoder embeds it, fused with equal weights (the cosine of
+        fused vectors is the mean of the folds' cosines): bagging, steadier than one fold (lfw-style,
+        adapter, 3 folds: single folds 958.6-968.4, fused 965.4). The other folds' encoders are left
+        out when embedding the test again with them would not fit in the time left."""
         if len(encoders) > 1 and self.budget.limited:
             again = (len(encoders) - 1) * strategy.estimate_seconds(len(self.test_paths), self.context)
             if reserve_seconds(again) > self.budget.left():
@@ -284,6 +311,8 @@ class _Race:
     def embed(self, encoder, run: StrategyRun, paths: Sequence[Path], flip: bool, what: str,
               mirrored_too: bool = False) -> Embeddings:
         """Embed for this run; `mirrored_too`: the mirrored embeddings as well (flip is tried next)."""
+        if isinstance(encoder, Precomputed):        # embedded by a cluster worker (toolkit.race.cluster)
+            return encoder.embeddings(paths, flip)
         side = " (flip)" if flip else " (+mirrored)" if mirrored_too and encoder.flippable else ""
         embeddings = self.context.embed(encoder, paths, flip_tta=flip, mirrored_too=mirrored_too,
                                         description=f"{run.label} {what}{side}")
@@ -301,7 +330,7 @@ class _Race:
 
     def run_ensemble(self, size: int) -> None:
         """Fuse the `size` best finished strategies; a run of its own (none with fewer than 2)."""
-        members = _ensemble_members(self.runs, size)
+        members = ensemble_members(self.runs, size)
         if len(members) < 2:
             return
         if self.budget.limited and time.monotonic() >= self.budget.ensemble_end:
@@ -329,7 +358,7 @@ class _Race:
                                   readable=lambda embeddings, fold: as_fold(readable_validation(embeddings, folds[fold])),
                                   deadline=search_deadline)
         kept = [members[position] for position in ensemble.members]
-        run.label = ensemble_label(_member_names(kept), ensemble.weights)
+        run.label = ensemble_label(member_names(kept), ensemble.weights)
         run.options = {"members": [member.label for member in kept], "weights": ensemble.weights,
                        "flip": [member.flip_tta for member in kept]}
         run.notes.append(ensemble.search.describe())
@@ -417,13 +446,3 @@ class _Race:
             self.observer.note(f"could not copy the best submission {best.submission}: {error}")
             return None
 
-
-def _ensemble_members(runs: Sequence[StrategyRun], size: int) -> list[StrategyRun]:
-    """The finished strategies (not ensembles) with embeddings at hand, best by validation first."""
-    return ranked_runs(run for run in runs if run.vectors is not None and run.strategy != ENSEMBLE)[:max(size, 0)]
-
-
-def _member_names(members: Sequence[StrategyRun]) -> list[str]:
-    """Each member by its registry name (face-zs), or by its full label when two share a name."""
-    names = [member.strategy for member in members]
-    return [member.strategy if names.count(member.strategy) == 1 else member.label for member in members]

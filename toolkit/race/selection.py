@@ -64,3 +64,14 @@ def choose_best(runs: Sequence[Any]) -> tuple[Any | None, str]:
     reason = "simpler" if complexity(chosen) < complexity(best) else "higher mAP@10"
     return chosen, (f"chosen over {best.label} ({best.validation.score:.1f}): tied on validation "
                     f"(difference {low:+.1f} to {high:+.1f}), {reason}")
+
+
+def ensemble_members(runs: Sequence[Any], size: int) -> list[Any]:
+    """The finished strategies (not ensembles) with embeddings at hand, best by validation first."""
+    return ranked_runs(run for run in runs if run.vectors is not None and run.strategy != ENSEMBLE)[:max(size, 0)]
+
+
+def member_names(members: Sequence[Any]) -> list[str]:
+    """Each member by its registry name (face-zs), or by its full label when two share a name."""
+    names = [member.strategy for member in members]
+    return [member.strategy if names.count(member.strategy) == 1 else member.label for member in members]
