@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from strategies.base import Fitted
 from tests.racing import race
@@ -62,12 +63,16 @@ class Rendezvous(PixelStrategy):
     def describe(self) -> str:
         return f"{self.name}-{self.me}"
 
+    def resources(self, gpus: bool, cores: int) -> dict[str, float]:
+        return {"num_cpus": 1, "num_gpus": 0}           # a light model: one core each, two at once
+
     def fit(self, training, context=None, deadline=None) -> Fitted:
         began = time.time()
         (Path(self.folder) / self.me).write_text(str(os.getpid()))
         _wait_for((Path(self.folder) / self.other).exists, f"{self.other} to start")
         fitted = super().fit(training, context, deadline)
-        return Fitted(fitted.encoder, details={"began": began, "ended": time.time(), "pid": os.getpid()})
+        return Fitted(fitted.encoder, details={"began": began, "ended": time.time(), "pid": os.getpid(),
+                                               "threads": torch.get_num_threads()})
 
 
 class Stuck(PixelStrategy):
@@ -114,6 +119,7 @@ def test_two_strategies_run_at_the_same_time(cluster, tmp_path, synthetic_compet
     a, b = runs["test-rendezvous-a"].details, runs["test-rendezvous-b"].details
     assert a["began"] < b["ended"] and b["began"] < a["ended"]          # their fits overlapped
     assert a["pid"] != b["pid"] != os.getpid()                         # in two worker processes
+    assert a["threads"] == b["threads"] == 1                           # torch threads: the cores it asked for
 
 
 def test_submissions_equal_the_in_process_race(cluster, tmp_path, synthetic_competition):
@@ -248,9 +254,9 @@ def test_each_strategy_asks_the_cluster_for_what_its_model_runs_on():
     from strategies import create_strategy
     from toolkit.race.cluster import check_address
 
-    assert create_strategy("face-zs").resources(gpus=True) == {"num_cpus": 1, "num_gpus": 0}     # dlib: a core
-    assert create_strategy("cnn-zs").resources(gpus=True) == {"num_cpus": 1, "num_gpus": 1}
-    assert create_strategy("cnn-zs").resources(gpus=False) == {"num_cpus": 1, "num_gpus": 0}
+    assert create_strategy("face-zs").resources(gpus=True, cores=8) == {"num_cpus": 8, "num_gpus": 0}   # dlib: CPUs
+    assert create_strategy("cnn-zs").resources(gpus=True, cores=8) == {"num_cpus": 1, "num_gpus": 1}
+    assert create_strategy("cnn-zs").resources(gpus=False, cores=8) == {"num_cpus": 8, "num_gpus": 0}
     for address in ("local", "auto", "ray://head:10001", "10.0.0.5:6379"):
         check_address(address)
     with pytest.raises(ValueError, match="give local, auto, ray://host:10001"):

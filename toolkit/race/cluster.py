@@ -5,7 +5,9 @@
 
 Each strategy is one Ray actor (toolkit.race.cluster_worker.StrategyWorker) that asks for the
 resources the strategy declares (Strategy.resources: a GPU for torch models when the cluster has
-GPUs, CPUs for dlib), so independent strategies run at the same time on different workers. The
+GPUs, else a machine's cores; dlib's face-zs, a machine's cores), so independent strategies run at
+the same time on different GPUs and machines. Ray gives a worker as many torch threads as the
+cores it asked for. The
 driver keeps everything a race decides: each worker estimates (the driver skips a strategy whose
 estimate exceeds the time left, never truncating it), fits and embeds validation plain and
 mirrored; the driver chooses flip and post-processing (Race.validate); the worker embeds the test
@@ -107,22 +109,22 @@ class _ClusterRace:
         ordered = sorted(entries, key=lambda entry: entry[0].trains)   # zero-shot first, as in process
         self.race.runs[:] = [run for _, run in ordered]
         gpus = self.ray.cluster_resources().get("GPU", 0) > 0
+        cores = min((node["Resources"].get("CPU", 1) for node in self.ray.nodes() if node.get("Alive")), default=1)
         try:
             for strategy, run in ordered:
-                self.start(strategy, run, gpus)
+                self.start(strategy, run, strategy.resources(gpus, cores))
             while self.pending:
                 self.step()
         finally:                                # Ctrl-C, an error: no actor outlives the race
             for actor in self.actors:
                 self.ray.kill(actor, no_restart=True)
 
-    def start(self, strategy, run, gpus: bool) -> None:
+    def start(self, strategy, run, resources: dict) -> None:
         race = self.race
-        actor = self.worker_class.options(**strategy.resources(gpus), max_restarts=0, max_task_retries=0).remote(
+        actor = self.worker_class.options(**resources, max_restarts=0, max_task_retries=0).remote(
             strategy, str(race.data.root), self.manifest, race.config, race.budget.seconds, self.started_at,
             self.names)
-        self.actors.append(actor)
-        run.status = "estimating"
+        self.actors.append(actor)       # queued until Ray gives it a worker and it first answers
         self.pending[actor.needs_data.remote()] = _Step(strategy, run, actor)
 
     def step(self) -> None:
@@ -154,6 +156,7 @@ class _ClusterRace:
     # --- each call's answer --------------------------------------------------------------------
 
     def after_needs_data(self, step: _Step, needs: bool) -> None:
+        step.run.status = "estimating"
         if needs:
             if self.shipped is None:            # packed and put once, whichever workers need it
                 self.shipped = self.ray.put(pack(self.race.data))

@@ -100,10 +100,14 @@ class Strategy(ABC):
     def weights_status(self) -> WeightsStatus:
         """Whether the weights this strategy needs are on disk now (no download attempted)."""
 
-    def resources(self, gpus: bool) -> dict[str, float]:
-        """What one run asks of a Ray cluster (toolkit.race.cluster): a core, and a GPU when the
-        cluster has GPUs and the strategy's model runs on one (`uses_gpu`)."""
-        return {"num_cpus": 1, "num_gpus": 1 if gpus and self.uses_gpu else 0}
+    def resources(self, gpus: bool, cores: int) -> dict[str, float]:
+        """What one run asks of a Ray cluster (toolkit.race.cluster) whose machines have at least
+        `cores` cores: a GPU and a core when the cluster has GPUs and the model runs on one
+        (`uses_gpu`), else a whole machine's cores, which a CPU model keeps busy (two such runs on
+        one machine slow each other more than they gain: torch's threads spin while they wait)."""
+        if gpus and self.uses_gpu:
+            return {"num_cpus": 1, "num_gpus": 1}
+        return {"num_cpus": max(int(cores), 1), "num_gpus": 0}
 
     def estimate_seconds(self, n_images: int, context: RaceContext | None = None) -> float:
         """Rough wall-clock cost of embedding n_images on this machine, from nominal speed."""
