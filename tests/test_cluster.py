@@ -8,11 +8,8 @@ The test strategies are pickled to Ray's worker processes, which import them fro
 `test_cluster`, other test modules as `tests.<name>`)."""
 from __future__ import annotations
 
-import json
 import os
 import signal
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
@@ -23,7 +20,7 @@ import torch
 
 from strategies.base import Fitted
 from tests.racing import race
-from tests.test_race_budget import PROJECT, SCRIPT, PixelEncoder, PixelStrategy, _valid
+from tests.test_race_budget import PROJECT, PixelEncoder, PixelStrategy, interrupt_invoke_race
 from toolkit.data.dataset import find_competition
 from toolkit.race.remote import data_manifest, pack, present
 from toolkit.records.store import Leaderboard
@@ -203,39 +200,8 @@ def test_a_worker_without_the_files_is_sent_them(tmp_path, synthetic_competition
 
 def test_sigint_during_a_cluster_race_exits_130_with_the_best_so_far(tmp_path, synthetic_competition):
     """Ctrl-C as a terminal sends it, to the race's process group (its local Ray cluster included)."""
-    competition = find_competition(synthetic_competition)
-    script, marker, board = tmp_path / "race.py", tmp_path / "sleepy-is-fitting", tmp_path / "board.db"
-    script.write_text(SCRIPT.format(project=str(PROJECT)))
-    env = {**os.environ, "SLEEPY_MARKER": str(marker), "COLUMNS": "200", "PYTHONPATH": os.pathsep.join([str(PROJECT), str(PROJECT / "tests")]),
-           "RETRIEVAL_RACE_CACHE": str(tmp_path / "cache")}
-    command = [sys.executable, str(script), "race", "--data", str(synthetic_competition), "--strategies",
-               "test-sleepy,test-pixels", "--workers", "0", "--submissions", str(tmp_path / "subs"),
-               "--leaderboard", str(board), "--cluster", "local"]
-    with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
-        process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=err, start_new_session=True)
-    try:
-        output = lambda: (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()  # noqa: E731
-        _wait_for(lambda: process.poll() is not None or (marker.exists() and
-                                                         list((tmp_path / "subs").glob("*-test-pixels*.json"))),
-                  "the pixels to finish while the sleepy one fits")
-        assert process.poll() is None, output()
-        os.killpg(process.pid, signal.SIGINT)
-        process.wait(timeout=WAIT)
-    finally:
-        process.kill()
-    stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
-    assert process.returncode == 130, stdout + stderr
-    assert "Traceback" not in stdout + stderr
-    [best] = list((tmp_path / "subs").glob("*-best.json"))
-    [pixels] = list((tmp_path / "subs").glob("*-test-pixels*.json"))
-    assert _valid(best, competition) == load_submission(pixels)
-    with Leaderboard(board) as leaderboard:
-        race_row = leaderboard.latest_race()
-        rows = {row.strategy: row for row in leaderboard.runs(race_row.id)}
-    assert race_row.ended_at is not None
-    assert rows["test-pixels"].status == "finished"
-    assert (rows["test-sleepy"].status, rows["test-sleepy"].reason) == ("failed", "interrupted")
-    assert json.loads(pixels.read_text())
+    interrupt_invoke_race(tmp_path, synthetic_competition, "--cluster", "local",
+                          env={"PYTHONPATH": os.pathsep.join([str(PROJECT), str(PROJECT / "tests")])})
 
 
 def test_a_worker_that_sees_other_files_says_so(tmp_path, synthetic_competition):

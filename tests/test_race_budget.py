@@ -301,23 +301,32 @@ Program(namespace=Collection.from_module(tasks), version="test").run(["invoke", 
 
 
 def test_sigint_during_invoke_race_exits_130_with_the_best_so_far_written(tmp_path, synthetic_competition):
-    """Ctrl-C as a terminal sends it: SIGINT to the race's process group. Its output goes to files, not
-    pipes: a child writing more than a pipe holds while nobody reads it would wait forever."""
+    interrupt_invoke_race(tmp_path, synthetic_competition)
+
+
+def interrupt_invoke_race(tmp_path, synthetic_competition, *more: str, env: dict | None = None) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to the process group of `invoke race` (test-sleepy and
+    test-pixels, then `more` options), once the pixels are written and the sleepy one fits; then what
+    a Ctrl-C must leave. Its output goes to files, not pipes: a child writing more than a pipe holds
+    while nobody reads it would wait forever."""
     competition = find_competition(synthetic_competition)
-    script, marker, board = tmp_path / "race.py", tmp_path / "sleepy-is-fitting", tmp_path / "board.db"
+    script, marker, board, subs = tmp_path / "race.py", tmp_path / "sleepy-is-fitting", tmp_path / "board.db", \
+        tmp_path / "subs"
     script.write_text(SCRIPT.format(project=str(PROJECT)))
     env = {**os.environ, "SLEEPY_MARKER": str(marker), "COLUMNS": "200",
-           "RETRIEVAL_RACE_CACHE": str(tmp_path / "cache")}
+           "RETRIEVAL_RACE_CACHE": str(tmp_path / "cache"), **(env or {})}
     command = [sys.executable, str(script), "race", "--data", str(synthetic_competition), "--strategies",
-               "test-sleepy,test-pixels", "--workers", "0", "--submissions", str(tmp_path / "subs"),
-               "--leaderboard", str(board)]
+               "test-sleepy,test-pixels", "--workers", "0", "--submissions", str(subs), "--leaderboard", str(board),
+               *more]
+    output = lambda: (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()  # noqa: E731
     with open(tmp_path / "stdout.txt", "w") as out, open(tmp_path / "stderr.txt", "w") as err:
         process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=out, stderr=err, start_new_session=True)
     try:
         waited = time.monotonic()
-        while not marker.exists() and process.poll() is None and time.monotonic() - waited < 90:
+        while not (marker.exists() and list(subs.glob("*-test-pixels-*.json"))) and process.poll() is None \
+                and time.monotonic() - waited < 120:
             time.sleep(0.1)
-        assert marker.exists(), (tmp_path / "stdout.txt").read_text() + (tmp_path / "stderr.txt").read_text()
+        assert marker.exists() and process.poll() is None, output()
         os.killpg(process.pid, signal.SIGINT)
         process.wait(timeout=60)
     finally:
@@ -325,9 +334,9 @@ def test_sigint_during_invoke_race_exits_130_with_the_best_so_far_written(tmp_pa
     stdout, stderr = (tmp_path / "stdout.txt").read_text(), (tmp_path / "stderr.txt").read_text()
     assert process.returncode == 130, stdout + stderr
     assert "Traceback" not in stdout + stderr
-    [best] = list((tmp_path / "subs").glob("*-best.json"))
+    [best] = list(subs.glob("*-best.json"))
     assert f"interrupted: best so far written to {best}" in " ".join(stdout.split())
-    [pixels] = list((tmp_path / "subs").glob("*-test-pixels-*.json"))
+    [pixels] = list(subs.glob("*-test-pixels-*.json"))
     assert _valid(best, competition) == load_submission(pixels)
     with Leaderboard(board) as leaderboard:
         race = leaderboard.latest_race()

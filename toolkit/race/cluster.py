@@ -22,6 +22,7 @@ driver's path (no shared disk) is sent them once through Ray's object store.
 from __future__ import annotations
 
 import logging
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -34,6 +35,7 @@ from toolkit.race.remote import data_manifest, pack, relative_names
 
 LOCAL, AUTO = "local", "auto"
 WAIT_SECONDS = 0.5       # the driver looks at the clock (and Ctrl-C) at least this often
+WORKER_NICENESS = "RAY_worker_niceness"   # read by the Ray that ray.init starts here
 INSTALL_HINT = "--cluster needs Ray: pip install 'retrieval-race[cluster]'"
 
 
@@ -63,6 +65,8 @@ def cluster_session(address: str | None) -> Iterator[None]:
     ray = ray_module()
     joined = not ray.is_initialized()
     if joined:
+        if address == LOCAL:        # Ray's workers run at nice 15: a CPU model's threads then stall
+            os.environ.setdefault(WORKER_NICENESS, "0")     # behind Ray's own processes and the driver
         try:
             ray.init(address=address, include_dashboard=False,      # "local": a new one, always
                      log_to_driver=False, logging_level=logging.ERROR)
