@@ -9,11 +9,10 @@ fused into ensembles, and the best picked.
   the budget ends is stopped and recorded as timed-out; a failed one is recorded with its reason.
 - Each finished strategy: flip TTA and a re-ranking recipe chosen on validation, its own
   submission, and its leaderboard row as soon as it ends.
-- Ensembles (toolkit.retrieval.ensemble) of the best finished strategies, from their embeddings.
-- The best run by validation score is also written as <time>-best.json.
+- Ensembles (toolkit.retrieval.ensemble) of the best finished strategies, from their embeddings;
+  the best run by validation score is also written as <time>-best.json.
 - Ctrl-C keeps everything finished and raises RaceInterrupted, which carries the result.
-- With `config.cluster`, the strategies run at once on Ray workers (toolkit.race.cluster), and
-  everything else here, as in process.
+- With `config.cluster`, strategies run at once on Ray workers (toolkit.race.cluster); the rest as here.
 What a person sees comes from the RaceObserver it is given (toolkit.views has the terminal's).
 """
 from __future__ import annotations
@@ -28,6 +27,7 @@ from typing import Sequence
 from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
+from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
 from toolkit.machine.interrupts import holding_interrupts
 from toolkit.race.cluster import cluster_session, race_on_cluster
 from toolkit.race.remote import Precomputed
@@ -111,6 +111,9 @@ class Race:
     recorded: set[int] = field(default_factory=set)
     prepared: dict[int, Fitted] = field(default_factory=dict)   # zero-shot fits made to estimate, by run
 
+    def __post_init__(self):
+        keep_freed_memory_for_reuse()   # this process runs the models (in process or a cluster's worker): ~2x CPU speed
+
     @property
     def validation_paths(self) -> list[Path]:
         """Every validation image a strategy may embed: the choice split's, then the folds' others."""
@@ -132,8 +135,7 @@ class Race:
         return RaceContext(gallery_pattern=config.gallery_pattern,
                            pending_images=tuple(self.validation_paths + self.test_paths),
                            images_after_fit=images_after_fit(len(folds), len(self.test_paths), config.flip_tta),
-                           flip_tta=config.flip_tta,
-                           cache_dir=config.cache_dir, num_workers=config.num_workers,
+                           flip_tta=config.flip_tta, cache_dir=config.cache_dir, num_workers=config.num_workers,
                            show_progress=config.show_progress)
 
     # --- strategies ------------------------------------------------------------------------------
