@@ -27,11 +27,10 @@ from toolkit.machine import interrupts
 from toolkit.machine.command_line import Command, fail as _fail
 from toolkit.machine.options import Count, Fraction, Identifier, Port, Seconds, Whole, ZeroOrMore
 from toolkit.machine.settings import project_path, project_root
-from toolkit.race.config import DEFAULT_STRATEGIES, OFFLINE_STRATEGIES, RaceConfig
+from toolkit.race.config import DEFAULT_STRATEGIES, NOTHING_RACED, OFFLINE_STRATEGIES, RaceConfig
 
 interrupts.exit_promptly_on_interrupt()
 keep_freed_memory_for_reuse()  # before any tensor is allocated: ~2x faster CPU forward passes
-NOTHING_RACED = "no strategy had finished; nothing written"
 
 
 def task(*args, **options):
@@ -67,7 +66,7 @@ def _race(data: str, strategies: str, config, leaderboard: str | None = None):
         if result.best is not None and not result.interrupted:
             console.print(race_summary(result, _leaderboard_file(leaderboard)), soft_wrap=True)
     if result.interrupted or pressed:
-        raise interrupts.Interrupted(f"best so far written to {best}" if (best := result.best_submission) else NOTHING_RACED)
+        raise interrupts.Interrupted(result.kept)
     if result.best is None:
         raise _fail("no strategy finished; see the reasons above")
     return result

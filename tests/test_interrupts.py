@@ -287,6 +287,35 @@ def test_a_command_says_one_line_and_exits_130_and_a_second_ctrl_c_does_not_cut_
         signal.signal(signal.SIGINT, handler)
 
 
+def test_a_ctrl_c_just_after_the_race_returned_says_the_best_it_wrote(tiny_competition, tmp_path, capsys):
+    """The press lands after run_race has written the best and returned, before its caller could
+    say so (the last moment of a race's command): the line names the file, not 'nothing written'."""
+    from strategies import create_strategy
+    from toolkit.data.dataset import find_competition
+    from toolkit.race.config import NOTHING_RACED, RaceConfig
+    from toolkit.race.runner import run_race
+
+    returned = []
+
+    @interruptible(NOTHING_RACED)
+    def command():
+        returned.append(run_race(find_competition(tiny_competition), [create_strategy("cnn-zs", pretrained=False,
+                                 image_size=32, batch_size=4)], RaceConfig(submissions_dir=tmp_path / "subs",
+                                 cache_dir=tmp_path / "cache", flip_tta=False, num_workers=0, max_folds=1)))
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(30)
+
+    handler = signal.getsignal(signal.SIGINT)
+    try:
+        with pytest.raises(SystemExit):
+            command()
+    finally:
+        signal.signal(signal.SIGINT, handler)
+    [best] = sorted((tmp_path / "subs").glob("*-best.json"))
+    assert returned[0].best_submission == best
+    assert capsys.readouterr().out.splitlines()[-1] == f"interrupted: best so far written to {best}"
+
+
 class SlowItems(Dataset):
     """Items that take a while, each telling how its worker process treats SIGINT."""
 

@@ -4,6 +4,7 @@ must not cut in half, and DataLoader workers that leave Ctrl-C to the main proce
     exit_promptly_on_interrupt()                  # a process that runs commands, as it loads
     @interruptible("nothing was written")        # Ctrl-C: one line "interrupted: ...", exit code 130
     raise Interrupted("best so far written to x")  # what was kept, said by the code that knows it
+    say_kept("best so far written to x")        # ... or said as it is written: a Ctrl-C after it says so
     with holding_interrupts() as pressed: ...     # Ctrl-C waits until the block is done
     with worker_batches(loader) as batches: ...   # workers ignore Ctrl-C; stopped at once on the way out
 
@@ -28,6 +29,7 @@ from toolkit.machine.console import console
 
 EXIT_CODE = 130                 # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 WORKER_GRACE_SECONDS = 0.2      # a DataLoader worker told to stop has this long before it is terminated
+KILLED_WORKER_SECONDS = 10.0    # the most a SIGKILLed worker is waited for (the kernel ends it; a busy machine is slow)
 
 
 class Interrupted(KeyboardInterrupt):
@@ -38,21 +40,32 @@ class Interrupted(KeyboardInterrupt):
         self.kept = kept
 
 
+_kept_now: list[str] = []     # what the running command has kept so far, as say_kept was last told
+
+
+def say_kept(kept: str) -> None:
+    """What the running command has kept from now on, for a Ctrl-C that lands where no code can
+    still say it (e.g. just after a function that wrote it returned, before its caller's next line)."""
+    _kept_now[:] = [kept]
+
+
 def interruptible(kept: str) -> Callable[[Callable], Callable]:
     """Decorate a command (the body of a process): the first Ctrl-C raises KeyboardInterrupt where
     it lands; later ones, while the code on the way out keeps what is finished, are ignored; then
-    one line "interrupted: <kept>" (or what an Interrupted says it kept) and exit code 130. Once the
-    command is done, a Ctrl-C while the process exits changes nothing and is ignored too."""
+    one line "interrupted: <kept>" (or what an Interrupted, else say_kept, says was kept) and exit
+    code 130. Once the command is done, a Ctrl-C while the process exits changes nothing and is
+    ignored too."""
     def decorate(body: Callable) -> Callable:
         @functools.wraps(body)
         def command(*args: Any, **kwargs: Any) -> Any:
+            _kept_now.clear()
             _set_handler(_first_press)
             try:
                 return body(*args, **kwargs)
             except Interrupted as interrupted:
                 said = interrupted.kept
             except KeyboardInterrupt:
-                said = kept
+                said = _kept_now[0] if _kept_now else kept
             finally:
                 _set_handler(signal.SIG_IGN)
             console.print(f"[yellow]interrupted:[/yellow] {escape(said)}", soft_wrap=True)
@@ -220,5 +233,9 @@ def _stop_workers(batches) -> None:
     try:
         with holding_interrupts():
             batches._shutdown_workers()
+            for worker in getattr(batches, "_workers", ()):    # torch terminates and waits the same short time:
+                if worker.is_alive():                          # on a busy machine one can still be there
+                    worker.kill()
+                    worker.join(timeout=KILLED_WORKER_SECONDS)
     finally:
         _utils.MP_STATUS_CHECK_INTERVAL = usual

@@ -20,6 +20,7 @@ NO_PATTERN = "none"                                  # --gallery-pattern none: r
 FLIP_CHOICES = {"auto": None, "on": True, "off": False}
 DEFAULT_STRATEGIES = "face-zs,adapter,cnn-zs,clip-zs"   # what a race races unless told; zero-shot first
 OFFLINE_STRATEGIES = "face-zs,cnn-zs"                   # their weights ship as packages: the demo's
+NOTHING_RACED = "no strategy had finished; nothing written"   # what a race stopped before any run ended kept
 
 
 def parse_value(text: str) -> Any:

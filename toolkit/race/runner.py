@@ -28,7 +28,7 @@ from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
-from toolkit.machine.interrupts import holding_interrupts
+from toolkit.machine.interrupts import holding_interrupts, say_kept
 from toolkit.race.cluster import cluster_session, race_on_cluster
 from toolkit.race.remote import Precomputed
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
@@ -425,11 +425,11 @@ class Race:
             best, note = choose_best(self.runs)
             if best is not None:
                 best.chosen = True
-                if note:
-                    best.notes.append(note)
+                best.notes.extend([note] if note else [])
             try:
                 with hard_stop(self.budget.final_end):
                     result.best_submission = self.write_best(best)
+                say_kept(result.kept)       # a Ctrl-C after this block, even before our caller sees the result
             except OutOfTime:
                 self.observer.note("no time left to copy the best submission; every run's own file is written")
             result.seconds = self.budget.used()

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator, Sequence
 
+from toolkit.race.config import NOTHING_RACED
 from toolkit.race.selection import best_run
 from toolkit.retrieval.embed import Embeddings
 from toolkit.retrieval.metrics import RetrievalScore
@@ -84,6 +85,11 @@ class RaceResult:
     @property
     def best(self) -> StrategyRun | None:
         return best_run(self.runs)
+
+    @property
+    def kept(self) -> str:
+        """What a Ctrl-C leaves of the race, as the command says it."""
+        return f"best so far written to {self.best_submission}" if self.best_submission else NOTHING_RACED
 
 
 class RaceInterrupted(KeyboardInterrupt):
