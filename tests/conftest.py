@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import signal
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,18 @@ def isolated_leaderboard(tmp_path, monkeypatch):
     """Every test (and the invoke subprocesses it starts) records into its own leaderboard file,
     never into the project's leaderboard.db."""
     monkeypatch.setenv("RETRIEVAL_RACE_LEADERBOARD", str(tmp_path / "leaderboard.db"))
+
+
+@pytest.fixture(autouse=True)
+def ctrl_c_as_in_a_terminal():
+    """Every test (and what it starts) gets Python's own Ctrl-C: a KeyboardInterrupt, SIGINT not
+    blocked, whatever the suite was started from. A shell starts a background job (`cmd &`, nohup)
+    with SIGINT ignored, and Python then keeps it ignored: a test's own SIGINT would do nothing."""
+    handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    blocked = signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    yield
+    signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
+    signal.signal(signal.SIGINT, handler)
 
 
 @pytest.fixture(scope="session")
