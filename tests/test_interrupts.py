@@ -316,6 +316,33 @@ def test_a_ctrl_c_just_after_the_race_returned_says_the_best_it_wrote(tiny_compe
     assert capsys.readouterr().out.splitlines()[-1] == f"interrupted: best so far written to {best}"
 
 
+def test_a_ctrl_c_as_a_run_s_submission_is_saved_leaves_no_file_without_its_row(tiny_competition, tmp_path,
+                                                                                 monkeypatch):
+    """The press lands the moment the file exists, before the run could take note of it."""
+    from strategies import create_strategy
+    from toolkit.data.dataset import find_competition
+    from toolkit.race import runner
+    from toolkit.race.config import RaceConfig
+    from toolkit.race.runs import RaceInterrupted
+
+    def saved_then_pressed(*arguments, **keywords):
+        path = save_submission(*arguments, **keywords)
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+        return path
+
+    save_submission = runner.save_submission
+    monkeypatch.setattr(runner, "save_submission", saved_then_pressed)
+    with pytest.raises(RaceInterrupted):
+        runner.run_race(find_competition(tiny_competition), [create_strategy("cnn-zs", pretrained=False, image_size=32,
+                        batch_size=4)], RaceConfig(submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
+                        flip_tta=False, num_workers=0, max_folds=1), leaderboard=tmp_path / "board.db")
+    with Leaderboard(tmp_path / "board.db") as board:
+        named = {Path(run.submission_path).resolve() for run in board.runs() if run.submission_path}
+    written = {path.resolve() for path in (tmp_path / "subs").glob("*.json") if not path.name.endswith("-best.json")}
+    assert written and written <= named
+
+
 class SlowItems(Dataset):
     """Items that take a while, each telling how its worker process treats SIGINT."""
 

@@ -28,7 +28,7 @@ from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
-from toolkit.machine.interrupts import holding_interrupts, say_kept
+from toolkit.machine.interrupts import holding_interrupts, interrupts_deferred, say_kept
 from toolkit.race.cluster import cluster_session, race_on_cluster
 from toolkit.race.remote import Precomputed
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
@@ -52,8 +52,7 @@ OVERRUN_TOLERANCE = 1.0     # seconds past its deadline before a training loop's
 
 
 def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: RaceConfig = RaceConfig(),
-             leaderboard: Leaderboard | str | Path | None = None,
-             observer: RaceObserver | None = None) -> RaceResult:
+             leaderboard: Leaderboard | str | Path | None = None, observer: RaceObserver | None = None) -> RaceResult:
     """Race the strategies (created from the registry: strategies.create_strategy) as `config`
     says. `leaderboard` (a Leaderboard or its file) records the race as it starts and each run as
     it ends; `observer` is told what happens (None: nothing is shown). Ctrl-C raises
@@ -284,12 +283,10 @@ class Race:
     def submit(self, run: StrategyRun, folds: list[Embeddings], test: Embeddings, encoder_report: str = "") -> None:
         """Rank the test set with the validated choice and write the run's submission."""
         self.observer.unreadable("test", test.unreadable)
-        run.submission = self.write_submission(run, test, run.post_processing)
+        self.write_submission(run, test, run.post_processing)
         run.vectors = RunVectors(validation=folds, test=test)
-        if test.unreadable:
-            run.notes.append(f"{len(test.unreadable)} unreadable test images")
-        if encoder_report:
-            run.notes.append(encoder_report)
+        run.notes.extend(([f"{len(test.unreadable)} unreadable test images"] if test.unreadable else [])
+                         + ([encoder_report] if encoder_report else []))
 
     def embed_test(self, strategy: Strategy, encoders: list, run: StrategyRun) -> Embeddings:
         """The test set as every fold's encoder embeds it, fused with equal weights (the cosine of
@@ -321,12 +318,14 @@ class Race:
         run.embed_seconds += embeddings.seconds
         return embeddings
 
-    def write_submission(self, run: StrategyRun, test: Embeddings, chosen: Recipe) -> Path:
-        """Rank the test gallery for each query with the chosen recipe; validate; save."""
+    def write_submission(self, run: StrategyRun, test: Embeddings, chosen: Recipe) -> None:
+        """Rank the test gallery for each query with the chosen recipe; validate; save as the run's
+        submission (Ctrl-C held meanwhile: no file that its run, and so its row, does not name)."""
         indices = rank_gallery(test, len(self.data.queries), chosen, RESULTS_PER_QUERY)
         submission = build_submission(self.data.queries, self.data.gallery, indices)
         validate_submission(submission, [path.name for path in self.data.queries], [path.name for path in self.data.gallery])
-        return save_submission(submission, self.config.submissions_dir, run.label)
+        with interrupts_deferred():
+            run.submission = save_submission(submission, self.config.submissions_dir, run.label)
 
     # --- ensembles -------------------------------------------------------------------------------
 
@@ -372,7 +371,7 @@ class Race:
         flips = {member.flip_tta for member in kept}
         run.flip_tta = flips.pop() if len(flips) == 1 else None
         run.vectors = RunVectors(validation=ensemble.validation, test=ensemble.test)
-        run.submission = self.write_submission(run, ensemble.test, run.post_processing)
+        self.write_submission(run, ensemble.test, run.post_processing)
 
     # --- ending runs and the race ----------------------------------------------------------------
 
