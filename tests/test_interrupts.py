@@ -287,30 +287,34 @@ def test_a_command_says_one_line_and_exits_130_and_a_second_ctrl_c_does_not_cut_
         signal.signal(signal.SIGINT, handler)
 
 
+def _tiny_race_in_process(competition: Path, folder: Path, leaderboard: Path | None = None):
+    """One tiny cnn-zs race in this process, writing into `folder`."""
+    from strategies import create_strategy
+    from toolkit.data.dataset import find_competition
+    from toolkit.race.config import RaceConfig
+    from toolkit.race.runner import run_race
+
+    strategy = create_strategy("cnn-zs", pretrained=False, image_size=32, batch_size=4)
+    config = RaceConfig(submissions_dir=folder / "subs", cache_dir=folder / "cache", flip_tta=False, num_workers=0,
+                        max_folds=1)
+    return run_race(find_competition(competition), [strategy], config, leaderboard=leaderboard)
+
+
 def test_a_ctrl_c_just_after_the_race_returned_says_the_best_it_wrote(tiny_competition, tmp_path, capsys):
     """The press lands after run_race has written the best and returned, before its caller could
     say so (the last moment of a race's command): the line names the file, not 'nothing written'."""
-    from strategies import create_strategy
-    from toolkit.data.dataset import find_competition
-    from toolkit.race.config import NOTHING_RACED, RaceConfig
-    from toolkit.race.runner import run_race
+    from toolkit.race.config import NOTHING_RACED
 
     returned = []
 
     @interruptible(NOTHING_RACED)
     def command():
-        returned.append(run_race(find_competition(tiny_competition), [create_strategy("cnn-zs", pretrained=False,
-                                 image_size=32, batch_size=4)], RaceConfig(submissions_dir=tmp_path / "subs",
-                                 cache_dir=tmp_path / "cache", flip_tta=False, num_workers=0, max_folds=1)))
+        returned.append(_tiny_race_in_process(tiny_competition, tmp_path))
         os.kill(os.getpid(), signal.SIGINT)
         time.sleep(30)
 
-    handler = signal.getsignal(signal.SIGINT)
-    try:
-        with pytest.raises(SystemExit):
-            command()
-    finally:
-        signal.signal(signal.SIGINT, handler)
+    with pytest.raises(SystemExit):     # the handler it leaves is put back by conftest's ctrl_c_as_in_a_terminal
+        command()
     [best] = sorted((tmp_path / "subs").glob("*-best.json"))
     assert returned[0].best_submission == best
     assert capsys.readouterr().out.splitlines()[-1] == f"interrupted: best so far written to {best}"
@@ -319,10 +323,7 @@ def test_a_ctrl_c_just_after_the_race_returned_says_the_best_it_wrote(tiny_compe
 def test_a_ctrl_c_as_a_run_s_submission_is_saved_leaves_no_file_without_its_row(tiny_competition, tmp_path,
                                                                                  monkeypatch):
     """The press lands the moment the file exists, before the run could take note of it."""
-    from strategies import create_strategy
-    from toolkit.data.dataset import find_competition
     from toolkit.race import runner
-    from toolkit.race.config import RaceConfig
     from toolkit.race.runs import RaceInterrupted
 
     def saved_then_pressed(*arguments, **keywords):
@@ -334,9 +335,7 @@ def test_a_ctrl_c_as_a_run_s_submission_is_saved_leaves_no_file_without_its_row(
     save_submission = runner.save_submission
     monkeypatch.setattr(runner, "save_submission", saved_then_pressed)
     with pytest.raises(RaceInterrupted):
-        runner.run_race(find_competition(tiny_competition), [create_strategy("cnn-zs", pretrained=False, image_size=32,
-                        batch_size=4)], RaceConfig(submissions_dir=tmp_path / "subs", cache_dir=tmp_path / "cache",
-                        flip_tta=False, num_workers=0, max_folds=1), leaderboard=tmp_path / "board.db")
+        _tiny_race_in_process(tiny_competition, tmp_path, leaderboard=tmp_path / "board.db")
     with Leaderboard(tmp_path / "board.db") as board:
         named = {Path(run.submission_path).resolve() for run in board.runs() if run.submission_path}
     written = {path.resolve() for path in (tmp_path / "subs").glob("*.json") if not path.name.endswith("-best.json")}

@@ -70,11 +70,10 @@ def make_yardstick(data: CompetitionData, config: RaceConfig) -> Yardstick:
 def _run_race(data: CompetitionData, strategies: Sequence[Strategy], config: RaceConfig,
               leaderboard: Leaderboard | str | Path | None, observer: RaceObserver) -> RaceResult:
     budget = Budget(config.budget_seconds)
-    if config.gallery_pattern == AUTO:
+    detected = config.gallery_pattern == AUTO
+    if detected:
         config = replace(config, gallery_pattern=detect_gallery_pattern(data.training))
-        observer.roles(config.gallery_pattern, detected=True)
-    else:
-        observer.roles(config.gallery_pattern, detected=False)
+    observer.roles(config.gallery_pattern, detected=detected)
     yardstick = make_yardstick(data, config)
     observer.split(yardstick)
     with holding_interrupts() as pressed:   # the race row is not begun without the code that ends it
@@ -285,8 +284,10 @@ class Race:
         self.observer.unreadable("test", test.unreadable)
         self.write_submission(run, test, run.post_processing)
         run.vectors = RunVectors(validation=folds, test=test)
-        run.notes.extend(([f"{len(test.unreadable)} unreadable test images"] if test.unreadable else [])
-                         + ([encoder_report] if encoder_report else []))
+        if test.unreadable:
+            run.notes.append(f"{len(test.unreadable)} unreadable test images")
+        if encoder_report:
+            run.notes.append(encoder_report)
 
     def embed_test(self, strategy: Strategy, encoders: list, run: StrategyRun) -> Embeddings:
         """The test set as every fold's encoder embeds it, fused with equal weights (the cosine of
