@@ -12,12 +12,13 @@ import pytest
 from strategies.base import Encoder, Fitted, Strategy, WeightsStatus, fingerprint_of, l2_normalise
 from toolkit.data.dataset import find_competition
 from toolkit.retrieval.embed import Embeddings, embed_images
-from toolkit.retrieval.ensemble import ensemble_label, fuse, fuse_embeddings, search_weights, simplex_grid
+from toolkit.retrieval.ensemble import (cross_fitted_score, ensemble_label, fuse, fuse_embeddings, held_out_parts,
+                                        search_weights, simplex_grid)
 from toolkit.data.images import load_rgb
 from toolkit.records.store import Leaderboard
 from tests.racing import race
 from toolkit.views.race import race_table
-from toolkit.retrieval.recipes import candidate_recipes, ranked_indices
+from toolkit.retrieval.recipes import PLAIN, candidate_recipes, ranked_indices, score_recipes
 from toolkit.submit.submission import build_submission, load_submission, validate_submission
 
 
@@ -77,6 +78,40 @@ def test_the_weight_search_finds_the_mix_that_beats_each_member():
     found = search_weights([[(a, a)], [(b, b)]], [(labels, labels)], k=1)
     assert max(alone) < 1.0 and found.score.top1 == 1.0 and found.complete and found.tried == 9
     assert 0 < found.weights[0] < 1 and sum(found.weights) == pytest.approx(1.0)
+
+
+def _noise_fold(generator, identities: int, queries_each: int, width: int = 8):
+    """A fold of pure noise: labels carry no signal, so any score above chance is luck."""
+    query_labels = [identity for identity in range(identities) for _ in range(queries_each)]
+    gallery_labels = list(range(identities)) * 2
+    return (l2_normalise(generator.normal(size=(len(query_labels), width)).astype(np.float32)),
+            l2_normalise(generator.normal(size=(len(gallery_labels), width)).astype(np.float32)),
+            query_labels, gallery_labels)
+
+
+def test_the_cross_fitted_score_keeps_each_query_in_its_place():
+    # one fold: its query identities in two halves; the members alike, so every choice is plain nearest
+    # neighbours and each query's cross-fitted rank must be its own plain rank, in the fold's order
+    fold = _noise_fold(np.random.default_rng(0), identities=9, queries_each=3)
+    [masks] = [held_out_parts([fold])]
+    assert len(masks) == 2 and not (masks[0] & masks[1]).any() and (masks[0] | masks[1]).all()
+    plain = dict(score_recipes([fold], [PLAIN]))[PLAIN]
+    crossed = cross_fitted_score([[fold], [fold]], [PLAIN])
+    np.testing.assert_array_equal(crossed.ranks, plain.ranks)
+    np.testing.assert_array_equal(crossed.precisions, plain.precisions)
+    assert cross_fitted_score([[fold[:2] + ([0] * 27, fold[3])]] * 2, [PLAIN]) is None   # one identity: nothing to hold out
+
+
+def test_the_cross_fitted_score_is_not_the_best_of_many_tries_on_the_same_queries():
+    # three members of noise over three folds: weights chosen on the scored queries find the luckiest
+    # mix; chosen on the other folds they do no better than chance, on average over draws
+    generator, in_sample, crossed = np.random.default_rng(1), [], []
+    for _ in range(8):
+        rows = [[_noise_fold(generator, identities=6, queries_each=2) for _ in range(3)] for _ in range(3)]
+        labels = [(fold[2], fold[3]) for fold in rows[0]]
+        in_sample.append(search_weights([[(q, g) for q, g, _, _ in member] for member in rows], labels).score.score)
+        crossed.append(cross_fitted_score(rows, [PLAIN]).score)
+    assert np.mean(crossed) < np.mean(in_sample) - 50, (crossed, in_sample)
 
 
 def test_the_label_names_the_weighted_members_heaviest_first():

@@ -45,10 +45,14 @@ def test_the_best_run_is_the_one_the_race_chose():
     assert choose_best([]) == (None, "")
 
 
-@pytest.mark.parametrize("seed", [0, 1])
+@pytest.mark.parametrize("seed", [0, 3])
 def test_few_identities_never_pick_a_run_far_below_the_best_strategy(tmp_path, seed):
-    root = make_synthetic_competition(tmp_path / "competition", training_identities=10, test_identities=6,
-                                      distractors=6, size=96, seed=seed)
+    """10 training identities (validation: a few queries), 24 test identities: enough test queries
+    that 50 points are more than one query's luck (with 6, a Top-1 miss alone was 50). Seed 3 is
+    the case of an ensemble whose weights and recipe, chosen on validation and scored there,
+    reached 1000.0 and then 508 on the test against 700 for a single strategy."""
+    root = make_synthetic_competition(tmp_path / "competition", training_identities=10, test_identities=24,
+                                      distractors=12, size=96, seed=seed)
     competition = find_competition(root)
     result = race(competition, [("face-zs", {}), ("cnn-zs", {"image_size": 96}), ("cnn-zs", {"pooling": "gem",
                                                                                              "image_size": 96})],

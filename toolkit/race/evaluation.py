@@ -83,7 +83,7 @@ def evaluate(encoders: Sequence[Encoder], zero_shot: bool, yardstick: Yardstick,
         candidates += [(flip, candidate, score) for candidate, score in score_recipes(choice_folds, recipes)]
     preference = simplest_tied([score.score for _, _, score in candidates],
                                [score.per_query for _, _, score in candidates],
-                               [int(flip) + recipe_complexity(candidate) for flip, candidate, _ in candidates],
+                               [recipe_complexity(candidate) for _, candidate, _ in candidates],
                                [score.map_at_10 for _, _, score in candidates])
     flip, chosen, _ = candidates[preference.chosen]
     best_flip, best_recipe, _ = candidates[preference.best]

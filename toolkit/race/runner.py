@@ -354,21 +354,21 @@ class Race:
         """Search the weights on the yardstick, choose post-processing for the fused vectors, write
         the submission. Each member contributes the embeddings of the flip setting it chose."""
         search_deadline = None if not self.budget.limited else (time.monotonic() + self.budget.ensemble_end) / 2
-        folds = self.yardstick.folds
+        folds, recipes = self.yardstick.folds, None if self.config.post_process else [PLAIN]
         ensemble = build_ensemble([member.vectors.validation for member in members],
                                   [member.vectors.test for member in members],
                                   readable=lambda embeddings, fold: as_fold(readable_validation(embeddings, folds[fold])),
-                                  deadline=search_deadline)
+                                  deadline=search_deadline, recipes=recipes)
         kept = [members[position] for position in ensemble.members]
         run.label = ensemble_label(member_names(kept), ensemble.weights)
         run.options = {"members": [member.label for member in kept], "weights": ensemble.weights,
                        "flip": [member.flip_tta for member in kept]}
-        run.notes.append(ensemble.search.describe())
         run.fit_seconds = run.seconds
         choice = choose_recipe([as_fold(readable_validation(embeddings, fold))
-                                for embeddings, fold in zip(ensemble.validation, folds)],
-                               None if self.config.post_process else [PLAIN])
-        run.post_processing, run.validation, run.baseline = choice.best, choice.best_score, choice.baseline
+                                for embeddings, fold in zip(ensemble.validation, folds)], recipes)
+        run.post_processing, run.baseline = choice.best, choice.baseline
+        run.validation = ensemble.cross_fitted or choice.best_score
+        run.notes.append(ensemble.describe(in_sample=choice.best_score))
         flips = {member.flip_tta for member in kept}
         run.flip_tta = flips.pop() if len(flips) == 1 else None
         run.vectors = RunVectors(validation=ensemble.validation, test=ensemble.test)
