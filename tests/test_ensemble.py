@@ -231,3 +231,27 @@ def test_the_ensemble_is_a_run_of_its_own_built_from_each_members_chosen_flip(tm
     assert row.name == ensemble.label and row.status == "finished"
     assert row.validation_score == pytest.approx(ensemble.validation.score)
     assert json.loads(row.options)["members"] == ensemble.options["members"]
+
+
+def test_with_a_budget_an_outclassed_zero_shot_run_is_not_embedded_on_the_test(tmp_path, synthetic_competition):
+    """Zero-shot runs are all validated first, then their tests embedded best first; one whose
+    validation interval lies wholly below the best's cannot be chosen, so it gets no test pass."""
+    competition = find_competition(synthetic_competition)
+    answers = json.loads((synthetic_competition / "answers.json").read_text())
+    identities = _identities(competition, answers)
+    noise, oracle = OracleStrategy(identities, width=32, plain="noise"), OracleStrategy(identities, width=48, plain="identity")
+    cache = tmp_path / "cache"
+    result = race(competition, [noise, oracle], submissions_dir=tmp_path / "subs", cache_dir=cache, num_workers=0,
+                  show_progress=False, leaderboard=tmp_path / "board.db", flip_tta=False, budget_seconds=3600)
+    runs = {run.options["plain"]: run for run in result.runs if run.strategy != "ensemble"}
+    assert runs["identity"].status == "finished" and runs["identity"].chosen
+    assert runs["noise"].status == "skipped" and runs["noise"].reason.startswith("outclassed on validation"), \
+        runs["noise"].reason
+    assert runs["noise"].validation is not None and runs["noise"].submission is None
+    test_paths = list(competition.queries) + list(competition.gallery)
+    again = embed_images(OracleEncoder(identities, 32, "noise"), test_paths, cache_dir=cache, flip_tta=False,
+                         num_workers=0, show_progress=False)
+    assert again.computed == len(test_paths)          # its test images were never embedded
+    with Leaderboard(tmp_path / "board.db") as board:
+        recorded = {run.name: run for run in board.runs()}
+    assert recorded[runs["noise"].label].status == "skipped" and recorded[runs["noise"].label].validation_score is not None

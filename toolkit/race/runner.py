@@ -7,6 +7,8 @@ fused into ensembles, and the best picked.
   estimated cost. A strategy whose estimate exceeds the time left is skipped, not started; a
   training loop gets a deadline that leaves time to embed and write; a strategy still running when
   the budget ends is stopped and recorded as timed-out; a failed one is recorded with its reason.
+  With a budget, the zero-shot strategies are all validated before any embeds the test, then the
+  tests best first; one outclassed on validation (toolkit.race.selection.outclassed) gets none.
 - Each finished strategy: flip TTA and a re-ranking recipe chosen on validation, its own
   submission, and its leaderboard row as soon as it ends.
 - Ensembles (toolkit.retrieval.ensemble) of the best finished strategies, from their embeddings;
@@ -22,7 +24,7 @@ import traceback
 from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, NamedTuple, Sequence
 
 from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
@@ -34,21 +36,30 @@ from toolkit.race.remote import Precomputed
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import Fitted, RaceContext, Strategy
-from toolkit.race.evaluation import as_fold, evaluate
+from toolkit.race.ensembles import run_ensemble
+from toolkit.race.evaluation import evaluate
 from toolkit.race.runs import RUNNING, RaceInterrupted, RaceObserver, RaceResult, RunVectors, StrategyRun
-from toolkit.race.selection import choose_best, ensemble_members, member_names
+from toolkit.race.selection import choose_best, outclassed
 from toolkit.race.validation import Yardstick, gallery_per_query
 from toolkit.records.recorder import RaceRecorder
 from toolkit.records.store import Leaderboard
 from toolkit.retrieval.embed import Embeddings
-from toolkit.retrieval.ensemble import ENSEMBLE, build_ensemble, ensemble_label, fuse_embeddings
-from toolkit.retrieval.ranking import rank_gallery, readable_validation
-from toolkit.retrieval.recipes import PLAIN, Recipe, choose_recipe
+from toolkit.retrieval.ensemble import fuse_embeddings
+from toolkit.retrieval.ranking import rank_gallery
+from toolkit.retrieval.recipes import PLAIN, Recipe
 from toolkit.retrieval.uncertainty import score_interval
 from toolkit.submit.submission import RESULTS_PER_QUERY, build_submission, load_submission, save_submission, \
     validate_submission
 
 OVERRUN_TOLERANCE = 1.0     # seconds past its deadline before a training loop's overrun is noted
+
+
+class Validated(NamedTuple):
+    """A run fitted and scored on validation, its test not yet embedded."""
+    strategy: Strategy
+    run: StrategyRun
+    fits: list[Fitted]
+    folds: list[Embeddings]
 
 
 def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: RaceConfig = RaceConfig(),
@@ -87,7 +98,7 @@ def _run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Rac
             raise KeyboardInterrupt
         with observer.watching(race.runs, budget):
             race.run_strategies(entries)
-            race.run_ensemble(config.ensemble_size)
+            run_ensemble(race, config.ensemble_size)
     except KeyboardInterrupt:
         with holding_interrupts():          # a second Ctrl-C must not cut the recording of the runs
             race.interrupt()
@@ -147,9 +158,17 @@ class Race:
             self.estimate(strategy, run, context)
         ordered = schedule(entries, trains=lambda entry: entry[0].trains, estimate=lambda entry: entry[1].estimate)
         self.runs[:] = [run for _, run in ordered]
+        validated: list[Validated] = []     # with a budget: zero-shot runs validated, the test not yet embedded
         for strategy, run in ordered:
-            if run.status == "queued":
-                self.race_strategy(strategy, run, context)
+            if run.status != "queued":
+                continue
+            if self.budget.limited and not strategy.trains:
+                validated += self.race_strategy(strategy, run, context, test_later=True)
+                continue
+            self.embed_tests(validated)
+            validated = []
+            self.race_strategy(strategy, run, context)
+        self.embed_tests(validated)
 
     def estimate(self, strategy: Strategy, run: StrategyRun, context: RaceContext) -> None:
         """run.estimate from the strategy (a probe for a trained one; none needed without a budget)."""
@@ -187,30 +206,63 @@ class Race:
         except Exception:   # noqa: BLE001 - the same error is reported when the run fits
             pass
 
-    def race_strategy(self, strategy: Strategy, run: StrategyRun, context: RaceContext) -> None:
+    def race_strategy(self, strategy: Strategy, run: StrategyRun, context: RaceContext,
+                      test_later: bool = False) -> list[Validated]:
+        """Fit, validate, then embed the test and submit; with `test_later`, the validated run is
+        returned for embed_tests instead (nothing when it ended before)."""
         if self.budget.limited and strategy.trains:
             self.estimate(strategy, run, context)   # again: what earlier strategies cached is now cheap
             if run.status != "queued":
-                return
+                return []
         left = self.budget.left()
         if run.estimate is not None and run.estimate > left:
             self.end_run(run, "skipped", f"estimated {run.estimate:.0f}s, {max(left, 0):.0f}s left")
-            return
+            return []
         run.started = time.monotonic()
         self.observer.started(run)
+        made: list[Validated] = []
+
+        def fit_and_validate() -> None:
+            fits = self.fit(strategy, run, context)
+            run.status = "embedding"
+            made.append(Validated(strategy, run, fits, self.validate(strategy, fits, run)))
+        if not self.attempt(run, fit_and_validate) or test_later:
+            return made
+        self.test_and_submit(made[0])
+        return []
+
+    def embed_tests(self, validated: list[Validated]) -> None:
+        """The validated runs' tests, best validation first; a run whose validation interval lies
+        wholly below the best's is not embedded on the test: it cannot be chosen, and its time is
+        left to the strategies after it."""
+        ranked = sorted(validated, key=lambda item: -item.run.validation.score)
+        for item in ranked:
+            beaten = outclassed(item.run, ranked[0].run)
+            if beaten:
+                self.end_run(item.run, "skipped", beaten)
+            else:
+                self.test_and_submit(item)
+
+    def test_and_submit(self, item: Validated) -> None:
+        encoders = [fit.encoder for fit in item.fits]
+        if self.attempt(item.run, lambda: self.submit(item.run, item.folds, self.embed_test(item.strategy, encoders, item.run),
+                                                      encoders[0].report())):
+            self.end_run(item.run, "finished")
+
+    def attempt(self, run: StrategyRun, step: Callable[[], None]) -> bool:
+        """Run one step of a run to its end within the budget; False when it ended the run instead
+        (timed out, without weights, failed: one strategy's crash must not end the race)."""
         try:
             with hard_stop(self.budget.end):
-                fits = self.fit(strategy, run, context)
-                run.status = "embedding"
-                self.score_and_submit(strategy, fits, run)
+                step()
+            return True
         except OutOfTime:
             self.end_run(run, "timed-out", f"still {run.status} when the budget ended")
         except WeightsUnavailable as error:
             self.without_weights(run, error)
-        except Exception as error:  # one strategy's crash must not end the race
+        except Exception as error:  # noqa: BLE001
             self.end_run(run, "failed", self.failure(run, error))
-        else:
-            self.end_run(run, "finished")
+        return False
 
     def folds_for(self, strategy: Strategy) -> int:
         """How many fits a strategy makes: one per fold when it trains, else one."""
@@ -251,12 +303,6 @@ class Race:
             run.notes.append(fits[0].report + (f" (fold 1 of {folds})" if folds > 1 else ""))
         run.details = dict(fits[0].details)
         return fits
-
-    def score_and_submit(self, strategy: Strategy, fits: list[Fitted], run: StrategyRun) -> None:
-        """Choose flip and post-processing, score on the yardstick, embed the test set with the
-        folds' encoders (embed_test), write the submission."""
-        folds = self.validate(strategy, fits, run)
-        self.submit(run, folds, self.embed_test(strategy, [fit.encoder for fit in fits], run), fits[0].encoder.report())
 
     def flips(self, encoder) -> list[bool]:
         """The flip settings validation tries: the race's, else plain and (when it can) mirrored."""
@@ -327,52 +373,6 @@ class Race:
         validate_submission(submission, [path.name for path in self.data.queries], [path.name for path in self.data.gallery])
         with interrupts_deferred():
             run.submission = save_submission(submission, self.config.submissions_dir, run.label)
-
-    # --- ensembles -------------------------------------------------------------------------------
-
-    def run_ensemble(self, size: int) -> None:
-        """Fuse the `size` best finished strategies; a run of its own (none with fewer than 2)."""
-        members = ensemble_members(self.runs, size)
-        if len(members) < 2:
-            return
-        if self.budget.limited and time.monotonic() >= self.budget.ensemble_end:
-            self.observer.note("no time left for an ensemble")
-            return
-        run = StrategyRun(label=ENSEMBLE, strategy=ENSEMBLE, status="fitting", started=time.monotonic())
-        self.runs.append(run)
-        try:
-            with hard_stop(self.budget.ensemble_end):
-                self.fit_ensemble(run, members)
-        except OutOfTime:
-            self.end_run(run, "timed-out", "still searching weights when the time for ensembles ended")
-        except Exception as error:
-            self.end_run(run, "failed", self.failure(run, error))
-        else:
-            self.end_run(run, "finished")
-
-    def fit_ensemble(self, run: StrategyRun, members: list[StrategyRun]) -> None:
-        """Search the weights on the yardstick, choose post-processing for the fused vectors, write
-        the submission. Each member contributes the embeddings of the flip setting it chose."""
-        search_deadline = None if not self.budget.limited else (time.monotonic() + self.budget.ensemble_end) / 2
-        folds, recipes = self.yardstick.folds, None if self.config.post_process else [PLAIN]
-        ensemble = build_ensemble([member.vectors.validation for member in members],
-                                  [member.vectors.test for member in members],
-                                  readable=lambda embeddings, fold: as_fold(readable_validation(embeddings, folds[fold])),
-                                  deadline=search_deadline, recipes=recipes)
-        kept = [members[position] for position in ensemble.members]
-        run.label = ensemble_label(member_names(kept), ensemble.weights)
-        run.options = {"members": [member.label for member in kept], "weights": ensemble.weights,
-                       "flip": [member.flip_tta for member in kept]}
-        run.fit_seconds = run.seconds
-        choice = choose_recipe([as_fold(readable_validation(embeddings, fold))
-                                for embeddings, fold in zip(ensemble.validation, folds)], recipes)
-        run.post_processing, run.baseline = choice.best, choice.baseline
-        run.validation = ensemble.cross_fitted or choice.best_score
-        run.notes.append(ensemble.describe(in_sample=choice.best_score))
-        flips = {member.flip_tta for member in kept}
-        run.flip_tta = flips.pop() if len(flips) == 1 else None
-        run.vectors = RunVectors(validation=ensemble.validation, test=ensemble.test)
-        self.write_submission(run, ensemble.test, run.post_processing)
 
     # --- ending runs and the race ----------------------------------------------------------------
 

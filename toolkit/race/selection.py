@@ -17,7 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence, TypeVar
 
 from toolkit.retrieval.ensemble import ENSEMBLE
-from toolkit.retrieval.uncertainty import simplest_tied
+from toolkit.retrieval.uncertainty import score_interval, simplest_tied
 
 R = TypeVar("R")
 
@@ -40,6 +40,19 @@ def best_run(runs: Iterable[R]) -> R | None:
         return chosen[0]
     ranked = ranked_runs(candidates)
     return ranked[0] if ranked else None
+
+
+def outclassed(run: Any, best: Any) -> str:
+    """Why `run` cannot be chosen over `best` whatever its test gives: its validation interval lies
+    wholly below best's; "" when it can."""
+    if run is best or run.validation is None or best.validation is None:
+        return ""
+    low, high = score_interval(run.validation.per_query)
+    best_low, best_high = score_interval(best.validation.per_query)
+    if high >= best_low:
+        return ""
+    return (f"outclassed on validation: {run.validation.score:.1f} ({low:.1f}-{high:.1f}) against {best.label}'s "
+            f"{best.validation.score:.1f} ({best_low:.1f}-{best_high:.1f}); test not embedded, its time left to others")
 
 
 def complexity(run: Any) -> int:
