@@ -7,8 +7,7 @@ fused into ensembles, and the best picked.
   estimated cost. A strategy whose estimate exceeds the time left is skipped, not started; a
   training loop gets a deadline that leaves time to embed and write; a strategy still running when
   the budget ends is stopped and recorded as timed-out; a failed one is recorded with its reason.
-  With a budget, the zero-shot strategies are all validated before any embeds the test, then the
-  tests best first; one outclassed on validation (toolkit.race.selection.outclassed) gets none.
+  With a budget, zero-shot strategies all validate before their tests are embedded, best first.
 - Each finished strategy: flip TTA and a re-ranking recipe chosen on validation, its own
   submission, and its leaderboard row as soon as it ends.
 - Ensembles (toolkit.retrieval.ensemble) of the best finished strategies, from their embeddings;
@@ -60,6 +59,7 @@ class Validated(NamedTuple):
     run: StrategyRun
     fits: list[Fitted]
     folds: list[Embeddings]
+    at: float          # when it was validated: the wait until its test is not its own time
 
 
 def run_race(data: CompetitionData, strategies: Sequence[Strategy], config: RaceConfig = RaceConfig(),
@@ -208,8 +208,7 @@ class Race:
 
     def race_strategy(self, strategy: Strategy, run: StrategyRun, context: RaceContext,
                       test_later: bool = False) -> list[Validated]:
-        """Fit, validate, then embed the test and submit; with `test_later`, the validated run is
-        returned for embed_tests instead (nothing when it ended before)."""
+        """Fit, validate, embed the test, submit; `test_later`: the validated run is returned for embed_tests."""
         if self.budget.limited and strategy.trains:
             self.estimate(strategy, run, context)   # again: what earlier strategies cached is now cheap
             if run.status != "queued":
@@ -225,7 +224,7 @@ class Race:
         def fit_and_validate() -> None:
             fits = self.fit(strategy, run, context)
             run.status = "embedding"
-            made.append(Validated(strategy, run, fits, self.validate(strategy, fits, run)))
+            made.append(Validated(strategy, run, fits, self.validate(strategy, fits, run), time.monotonic()))
         if not self.attempt(run, fit_and_validate) or test_later:
             return made
         self.test_and_submit(made[0])
@@ -237,6 +236,7 @@ class Race:
         left to the strategies after it."""
         ranked = sorted(validated, key=lambda item: -item.run.validation.score)
         for item in ranked:
+            item.run.started += time.monotonic() - item.at
             beaten = outclassed(item.run, ranked[0].run)
             if beaten:
                 self.end_run(item.run, "skipped", beaten)
@@ -245,8 +245,8 @@ class Race:
 
     def test_and_submit(self, item: Validated) -> None:
         encoders = [fit.encoder for fit in item.fits]
-        if self.attempt(item.run, lambda: self.submit(item.run, item.folds, self.embed_test(item.strategy, encoders, item.run),
-                                                      encoders[0].report())):
+        if self.attempt(item.run, lambda: self.submit(item.run, item.folds, self.embed_test(item.strategy, encoders,
+                                                                                          item.run), encoders[0].report())):
             self.end_run(item.run, "finished")
 
     def attempt(self, run: StrategyRun, step: Callable[[], None]) -> bool:
