@@ -91,7 +91,8 @@ def test_a_race_with_flip_auto_preprocesses_each_image_once_and_a_second_race_no
     assert [run.status for run in second.runs] == ["finished", "finished"]
     assert {folder: (len(_lines(folder / "preprocess")), len(_lines(folder / "encode")))
             for folder in logs.values()} == counts, "the second race embedded something again"
-    for one, other in zip(first.runs, second.runs):
+    again = {run.label: run for run in second.runs}     # by label: cheaper estimates run first, so the order may differ
+    for one, other in ((run, again[run.label]) for run in first.runs):
         assert one.validation.score == other.validation.score and one.flip_tta == other.flip_tta
         # a zero-shot estimate counts the model passes its encoder has not cached: all, then none
         # but the test's mirrored ones when validation chose plain (flip is undecided again)
