@@ -59,6 +59,7 @@ def fit_ensemble(race: Race, run: StrategyRun, members: list[StrategyRun]) -> No
     run.post_processing, run.baseline = choice.best, choice.baseline
     run.validation = ensemble.cross_fitted or choice.best_score
     run.notes.append(ensemble.describe(in_sample=choice.best_score))
+    run.details["in_sample_validation"] = choice.best_score.score    # what its kept validation rankings score
     flips = {member.flip_tta for member in kept}
     run.flip_tta = flips.pop() if len(flips) == 1 else None
     run.vectors = RunVectors(validation=ensemble.validation, test=ensemble.test)
