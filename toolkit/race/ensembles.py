@@ -6,7 +6,6 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING
 
-from toolkit.race.budget import OutOfTime, hard_stop
 from toolkit.race.evaluation import as_fold
 from toolkit.race.runs import RunVectors, StrategyRun
 from toolkit.race.selection import ensemble_members, member_names
@@ -28,14 +27,8 @@ def run_ensemble(race: Race, size: int) -> None:
         return
     run = StrategyRun(label=ENSEMBLE, strategy=ENSEMBLE, status="fitting", started=time.monotonic())
     race.runs.append(run)
-    try:
-        with hard_stop(race.budget.ensemble_end):
-            fit_ensemble(race, run, members)
-    except OutOfTime:
-        race.end_run(run, "timed-out", "still searching weights when the time for ensembles ended")
-    except Exception as error:
-        race.end_run(run, "failed", race.failure(run, error))
-    else:
+    if race.attempt(run, lambda: fit_ensemble(race, run, members), until=race.budget.ensemble_end,
+                    late="still searching weights when the time for ensembles ended"):
         race.end_run(run, "finished")
 
 

@@ -249,18 +249,18 @@ class Race:
                                                                                           item.run), encoders[0].report())):
             self.end_run(item.run, "finished")
 
-    def attempt(self, run: StrategyRun, step: Callable[[], None]) -> bool:
-        """Run one step of a run to its end within the budget; False when it ended the run instead
-        (timed out, without weights, failed: one strategy's crash must not end the race)."""
+    def attempt(self, run: StrategyRun, step: Callable[[], None], until: float | None = None, late: str = "") -> bool:
+        """Run one step of a run to its end by `until` (default: the budget's end; `late`: the reason
+        when it is cut there); False when it ended the run instead (timed out, without weights, failed)."""
         try:
-            with hard_stop(self.budget.end):
+            with hard_stop(self.budget.end if until is None else until):
                 step()
             return True
         except OutOfTime:
-            self.end_run(run, "timed-out", f"still {run.status} when the budget ended")
+            self.end_run(run, "timed-out", late or f"still {run.status} when the budget ended")
         except WeightsUnavailable as error:
             self.without_weights(run, error)
-        except Exception as error:  # noqa: BLE001
+        except Exception as error:  # one strategy's crash must not end the race
             self.end_run(run, "failed", self.failure(run, error))
         return False
 
