@@ -13,16 +13,18 @@ from __future__ import annotations
 import json
 import os
 import queue
+import signal
 import subprocess
 import sys
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from tests.conftest import PROJECT
 
 SERVER = r"""
-import json, os, sys
+import faulthandler, json, os, signal, sys
 sys.path.insert(0, sys.argv[1])
 import tasks, strategies, toolkit.race.runner, toolkit.views.race, toolkit.views.race_console  # the imports, once
 from invoke import Collection, Program
@@ -39,6 +41,7 @@ for line in sys.stdin:
         for fd, name in ((0, os.devnull), (1, request["stdout"]), (2, request["stderr"])):
             os.dup2(os.open(name, os.O_RDONLY if fd == 0 else os.O_WRONLY | os.O_CREAT | os.O_TRUNC), fd)
         os.environ.update(request["environment"])
+        faulthandler.register(signal.SIGUSR1, all_threads=True)   # Command.stacks: where it is, into stderr.txt
         Program(namespace=namespace, version="test").run(["invoke", *request["arguments"]])
         sys.exit(0)
     os.setpgid(pid, pid)                           # before its pid is told: a signal to its group always lands
@@ -65,6 +68,20 @@ class Command:
             assert reply["pid"] == self.pid, reply
             self.code = reply["code"]
         return self.code
+
+    def stacks(self, seconds: float = 2.0) -> str:
+        """What every thread of the still-running command is doing (Python's faulthandler, asked by
+        SIGUSR1, writes it to its stderr): for the message of a test that found it running too long."""
+        before = len(self.stderr)
+        try:
+            os.kill(self.pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            return "(it has just ended)"
+        waited_until = time.monotonic() + seconds
+        while len(self.stderr) == before and time.monotonic() < waited_until:
+            time.sleep(0.05)
+        time.sleep(0.2)                             # the other threads' stacks, written after the first's
+        return self.stderr[before:]
 
     @property
     def stdout(self) -> str:

@@ -212,7 +212,7 @@ def test_ctrl_c_at_20_moments_of_a_race_exits_130_at_once_and_keeps_a_consistent
             if (event is None or RaceEvents(command, folder).wait_for(event)) and command.wait(timeout=delay) is None:
                 os.killpg(command.pid, signal.SIGINT)
                 code = command.wait(timeout=EXIT_SECONDS)
-                assert code is not None, f"{where}: still running {EXIT_SECONDS:.0f} s later"
+                assert code is not None, f"{where}: still running {EXIT_SECONDS:.0f} s later\n{command.stacks()}"
             interrupted = command.code == EXIT_CODE
             if interrupted:
                 hits[phase].append(_rows(folder))
