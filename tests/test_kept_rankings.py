@@ -1,7 +1,6 @@
 """Every run a race records can be shown and reported: its rankings are kept with its row
 (toolkit.records.rankings), ensembles and trained runs included, and read back as the race made them;
 `invoke demo` then `invoke show` / `show --worst` / `invoke report` draw the best run whatever it is."""
-import json
 import os
 import re
 import shutil

@@ -1,5 +1,7 @@
 """The leaderboard on a real SQLite file: persistence across processes, concurrent writers,
 in-place schema upgrades, and the race recording its runs."""
+import os
+import signal
 import sqlite3
 import subprocess
 import sys
@@ -7,6 +9,7 @@ import textwrap
 import time
 
 import pytest
+from sqlalchemy import event
 
 from tests.conftest import PROJECT
 from tests.racing import race as run_race
@@ -168,3 +171,31 @@ def test_processes_opening_one_new_file_at_once_all_open_it(tmp_path):
     while not failures.empty():
         found.append(failures.get())
     assert found == []
+
+
+@pytest.mark.parametrize("moment", ["before_cursor_execute", "after_cursor_execute", "commit"])
+def test_a_ctrl_c_while_a_run_is_recorded_leaves_the_row_written_and_the_file_free(tmp_path, moment):
+    """The press lands inside the transaction. What runs on the way out (recording the run that
+    was kept) must find the write lock free at once, not wait out the busy timeout and fail."""
+    path = tmp_path / "board.db"
+    with Leaderboard(path) as board:
+        race = board.start_race("/data", machine={})
+        pressed = []
+
+        def press(*arguments):
+            if not pressed:
+                pressed.append(moment)
+                os.kill(os.getpid(), signal.SIGINT)
+
+        event.listen(board.engine, moment, press)
+        with pytest.raises(KeyboardInterrupt):
+            board.record_run(race.id, "face-zs", name="face-zs", status="finished", validation_score=1.0)
+        assert pressed == [moment]
+        other = sqlite3.connect(path, timeout=0)
+        try:
+            other.execute("BEGIN IMMEDIATE")      # "database is locked" while the lock is kept
+            other.rollback()
+        finally:
+            other.close()
+        event.remove(board.engine, moment, press)
+        assert [(run.run_key, run.status) for run in board.runs(race.id)] == [("face-zs", "finished")]

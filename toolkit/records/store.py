@@ -28,15 +28,17 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Iterable, Iterator
 
 from sqlalchemy import Index, String, TypeDecorator, delete, event
 from sqlalchemy.exc import SQLAlchemyError
 from sqlmodel import Field, Session, SQLModel, create_engine, select
 
+from toolkit.machine.interrupts import interrupts_deferred
 from toolkit.race.selection import best_run
 from toolkit.records.sqlite_file import (BUSY_TIMEOUT_MS, LeaderboardError, begin_immediate, check_pages,
                                          configure_connection, fault, is_fault)
@@ -172,8 +174,9 @@ class Leaderboard:
         event.listen(self.engine, "begin", begin_immediate)
         self._sending: list[ServerSubmission] = []     # attempts started here and not finished yet
         try:
-            check_pages(self.engine, self.path)
-            self.schema_version = create_or_upgrade(self.engine, TABLES)
+            with interrupts_deferred():     # as in _session: no transaction cut by a Ctrl-C
+                check_pages(self.engine, self.path)
+                self.schema_version = create_or_upgrade(self.engine, TABLES)
         except (SQLAlchemyError, LeaderboardError) as error:
             self.engine.dispose()
             raise fault(self.path, "open", error) from None
@@ -204,8 +207,14 @@ class Leaderboard:
         if is_fault(context.original_exception):
             raise fault(self.path, "read or write", context.original_exception)
 
-    def _session(self) -> Session:
-        return Session(self.engine, expire_on_commit=False)
+    @contextmanager
+    def _session(self) -> Iterator[Session]:
+        """A session, with Ctrl-C held until it is closed: every transaction takes the write lock
+        (BEGIN IMMEDIATE), and one cut by a KeyboardInterrupt can keep it while the traceback keeps
+        its connection, so that the code on the way out, recording what was kept, would wait out
+        the busy timeout and then fail with "database is locked"."""
+        with interrupts_deferred(), Session(self.engine, expire_on_commit=False) as session:
+            yield session
 
     def _add(self, row: SQLModel) -> Any:
         with self._session() as session:
