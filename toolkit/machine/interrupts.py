@@ -6,6 +6,7 @@ must not cut in half, and DataLoader workers that leave Ctrl-C to the main proce
     raise Interrupted("best so far written to x")  # what was kept, said by the code that knows it
     say_kept("best so far written to x")        # ... or said as it is written: a Ctrl-C after it says so
     with holding_interrupts() as pressed: ...     # Ctrl-C waits until the block is done
+    except Exception as error: raise_if_pressed(error) ...   # a press wrapped in an error is a press
     with worker_batches(loader) as batches: ...   # workers ignore Ctrl-C; stopped at once on the way out
 
 A terminal's Ctrl-C sends SIGINT to every process in the foreground group: the command and its
@@ -62,16 +63,42 @@ def interruptible(kept: str) -> Callable[[Callable], Callable]:
             _set_handler(_first_press)
             try:
                 return body(*args, **kwargs)
-            except Interrupted as interrupted:
-                said = interrupted.kept
-            except KeyboardInterrupt:
-                said = _kept_now[0] if _kept_now else kept
+            except BaseException as error:
+                press, aside = _the_press_behind(error)
+                if press is None:
+                    raise
+                said = press.kept if isinstance(press, Interrupted) else _kept_now[0] if _kept_now else kept
+                said += aside
             finally:
                 _set_handler(signal.SIG_IGN)
             console.print(f"[yellow]interrupted:[/yellow] {escape(said)}", soft_wrap=True)
             _exit()
         return command
     return decorate
+
+
+def _the_press_behind(error: BaseException) -> tuple[KeyboardInterrupt | None, str]:
+    """The Ctrl-C an error comes from (itself, or one in its chain), and what to add to the line.
+    An error raised *from* the press is the press: Python wraps what a __set_name__ raises in
+    RuntimeError (3.11; e.g. a press while an import makes a dataclass). An error raised *while*
+    the press was handled (a library's own, a clean-up that failed) is said beside it, so nothing
+    that went wrong on the way out goes unsaid."""
+    outermost, caused, seen = error, True, set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return error, "" if caused else f" (on the way out: {type(outermost).__name__}: {outermost})"
+        seen.add(id(error))
+        caused = caused and error.__cause__ is not None
+        error = error.__cause__ or error.__context__
+    return None, ""
+
+
+def raise_if_pressed(error: BaseException) -> None:
+    """For a broad `except`: raise the Ctrl-C an error comes from (see _the_press_behind), so that
+    no error handler takes a press for a failure and goes on."""
+    press, _ = _the_press_behind(error)
+    if press is not None:
+        raise press
 
 
 _exit_at_once = False       # set for a process that runs commands: see exit_promptly_on_interrupt

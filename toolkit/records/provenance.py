@@ -10,6 +10,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from toolkit.machine.interrupts import raise_if_pressed
+
 PROJECT = Path(__file__).resolve().parents[2]
 
 
@@ -56,7 +58,8 @@ def _gpu_name() -> str | None:
     try:
         import torch
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
-    except Exception:  # no torch, or a broken driver: the race row just has no GPU
+    except Exception as error:  # no torch, or a broken driver: the race row just has no GPU
+        raise_if_pressed(error)
         return None
 
 
