@@ -370,20 +370,43 @@ def _pressed_while_opened(*arguments, **keywords):
     _pressed_while_a_class_is_made()
 
 
-def test_a_ctrl_c_wrapped_while_an_image_is_decoded_is_a_press_not_an_unreadable_file(tmp_path, monkeypatch):
-    """Pillow imports its format plugins at the first open: a press there is no fault of the file."""
+class _ReachedAsItIsNamed:
+    """A class attribute whose __set_name__ is where a deadline's alarm (hard_stop) lands."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        time.sleep(30)
+
+
+def _reached_while_opened(*arguments, **keywords):
+    type("Made", (), {"field": _ReachedAsItIsNamed()})
+
+
+def test_a_deadline_that_python_wraps_in_another_error_still_ends_the_block_out_of_time():
+    from toolkit.race.budget import OutOfTime, hard_stop
+
+    with pytest.raises(OutOfTime):
+        with hard_stop(time.monotonic() + 0.05):
+            _reached_while_opened()
+
+
+@pytest.mark.parametrize("stop", ["press", "deadline"])
+def test_a_stop_wrapped_while_an_image_is_decoded_is_a_stop_not_an_unreadable_file(stop, tmp_path, monkeypatch):
+    """Pillow imports its format plugins at the first open: a Ctrl-C or the budget's end there is
+    no fault of the file (an image taken for unreadable would let the race run on past its end)."""
     from PIL import Image
 
     from toolkit.data.images import UnreadableImage, load_rgb
+    from toolkit.race.budget import OutOfTime, hard_stop
 
     path = tmp_path / "fine.png"
     Image.new("RGB", (8, 8)).save(path)
-    monkeypatch.setattr(Image, "open", _pressed_while_opened)
-    with pytest.raises(KeyboardInterrupt):
-        try:
-            load_rgb(path)
-        except UnreadableImage as unreadable:
-            pytest.fail(f"the press was taken for a bad file: {unreadable}")
+    monkeypatch.setattr(Image, "open", _pressed_while_opened if stop == "press" else _reached_while_opened)
+    with pytest.raises(KeyboardInterrupt if stop == "press" else OutOfTime):
+        with hard_stop(time.monotonic() + 0.05 if stop == "deadline" else None):
+            try:
+                load_rgb(path)
+            except UnreadableImage as unreadable:
+                pytest.fail(f"the {stop} was taken for a bad file: {unreadable}")
 
 
 def test_a_ctrl_c_wrapped_while_the_cache_is_read_keeps_every_part(tmp_path, monkeypatch):

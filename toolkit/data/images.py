@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from toolkit.machine.interrupts import raise_if_pressed
+from toolkit.machine.interrupts import raise_if_stopped
 __all__ = [
     "IMAGE_EXTENSIONS",
     "UnreadableImage",
@@ -157,7 +157,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
     except MemoryError as error:
         raise UnreadableImage(path, "not enough memory to decode this image") from error
     except Exception as error:  # the boundary: nothing else escapes for a bad file
-        raise_if_pressed(error)     # ... but a Ctrl-C that an import wrapped: the file is not to blame
+        raise_if_stopped(error)     # ... but a Ctrl-C that an import wrapped: the file is not to blame
         raise UnreadableImage(path, f"could not decode image ({_describe(error)})") from error
     return rgb
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from toolkit.machine.interrupts import raise_if_pressed
+from toolkit.machine.interrupts import raise_if_stopped
 from toolkit.models.weights import hugging_face_cache_dir
 
 __all__ = ["COMMON_EXTRA_SPECS", "DoctorReport", "run_doctor"]
@@ -164,7 +164,7 @@ def check_strategies(specs: list[tuple[str, dict[str, Any]]], make_strategy: Cal
             status = strategy.weights_status()
             checks.append(StrategyCheck(label, status.available_offline, status.detail))
         except Exception as error:                     # a bad option or a broken install: say so
-            raise_if_pressed(error)
+            raise_if_stopped(error)
             checks.append(StrategyCheck(label, False, " ".join(str(error).split())[:300]))
     return checks
 

@@ -6,7 +6,7 @@ must not cut in half, and DataLoader workers that leave Ctrl-C to the main proce
     raise Interrupted("best so far written to x")  # what was kept, said by the code that knows it
     say_kept("best so far written to x")        # ... or said as it is written: a Ctrl-C after it says so
     with holding_interrupts() as pressed: ...     # Ctrl-C waits until the block is done
-    except Exception as error: raise_if_pressed(error) ...   # a press wrapped in an error is a press
+    except Exception as error: raise_if_stopped(error)    # a Ctrl-C or deadline wrapped in an error
     with worker_batches(loader) as batches: ...   # workers ignore Ctrl-C; stopped at once on the way out
 
 A terminal's Ctrl-C sends SIGINT to every process in the foreground group: the command and its
@@ -64,7 +64,7 @@ def interruptible(kept: str) -> Callable[[Callable], Callable]:
             try:
                 return body(*args, **kwargs)
             except BaseException as error:
-                press, aside = _the_press_behind(error)
+                press, aside = _stop_behind(error, lambda stop: isinstance(stop, KeyboardInterrupt))
                 if press is None:
                     raise
                 said = press.kept if isinstance(press, Interrupted) else _kept_now[0] if _kept_now else kept
@@ -77,15 +77,23 @@ def interruptible(kept: str) -> Callable[[Callable], Callable]:
     return decorate
 
 
-def _the_press_behind(error: BaseException) -> tuple[KeyboardInterrupt | None, str]:
-    """The Ctrl-C an error comes from (itself, or one in its chain), and what to add to the line.
-    An error raised *from* the press is the press: Python wraps what a __set_name__ raises in
+def _signalled(error: BaseException) -> bool:
+    """A stop that a signal handler raises wherever the code happens to be: a Ctrl-C's
+    KeyboardInterrupt, or a deadline's OutOfTime (toolkit.race.budget.hard_stop, from SIGALRM).
+    Both are BaseExceptions and not Exceptions, so that no `except Exception` takes them for errors."""
+    return not isinstance(error, (Exception, SystemExit, GeneratorExit))
+
+
+def _stop_behind(error: BaseException, is_stop: Callable[[BaseException], bool] = _signalled
+                 ) -> tuple[BaseException | None, str]:
+    """The stop an error comes from (itself, or one in its chain), and what to add to the line.
+    An error raised *from* the stop is the stop: Python wraps what a __set_name__ raises in
     RuntimeError (3.11; e.g. a press while an import makes a dataclass). An error raised *while*
-    the press was handled (a library's own, a clean-up that failed) is said beside it, so nothing
+    the stop was handled (a library's own, a clean-up that failed) is said beside it, so nothing
     that went wrong on the way out goes unsaid."""
     outermost, caused, seen = error, True, set()
     while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
+        if is_stop(error):
             return error, "" if caused else f" (on the way out: {type(outermost).__name__}: {outermost})"
         seen.add(id(error))
         caused = caused and error.__cause__ is not None
@@ -93,12 +101,22 @@ def _the_press_behind(error: BaseException) -> tuple[KeyboardInterrupt | None, s
     return None, ""
 
 
-def raise_if_pressed(error: BaseException) -> None:
-    """For a broad `except`: raise the Ctrl-C an error comes from (see _the_press_behind), so that
-    no error handler takes a press for a failure and goes on."""
-    press, _ = _the_press_behind(error)
-    if press is not None:
-        raise press
+def raise_if_stopped(error: BaseException) -> None:
+    """For a broad `except`: raise the Ctrl-C or deadline an error comes from, so that no error
+    handler takes a stop for a failure and goes on."""
+    stop, _ = _stop_behind(error)
+    if stop is not None:
+        raise stop
+
+
+@contextmanager
+def stops_unwrapped() -> Iterator[None]:
+    """Inside: an error that comes from a Ctrl-C or a deadline is raised as that stop."""
+    try:
+        yield
+    except Exception as error:
+        raise_if_stopped(error)
+        raise
 
 
 _exit_at_once = False       # set for a process that runs commands: see exit_promptly_on_interrupt

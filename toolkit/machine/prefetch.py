@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from toolkit.machine.console import human_size
-from toolkit.machine.interrupts import raise_if_pressed
+from toolkit.machine.interrupts import raise_if_stopped
 from toolkit.models.weights import hugging_face_cache_dir
 
 __all__ = ["PrefetchResult", "prefetch_weights", "weight_cache_dirs"]
@@ -128,7 +128,7 @@ def prefetch_weights(specs: list[tuple[str, dict[str, Any]]], make_strategy: Cal
             yield PrefetchResult(label, ok=after.available_offline, detail=detail, downloaded=added,
                                  seconds=time.perf_counter() - started)
         except Exception as error:               # one line per strategy, never a traceback
-            raise_if_pressed(error)
+            raise_if_stopped(error)
             detail = _first_line(error)
             yield PrefetchResult(label, ok=False, detail=detail.removeprefix(f"{name}: "),
                                  seconds=time.perf_counter() - started)

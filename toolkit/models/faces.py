@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from toolkit.machine.interrupts import raise_if_pressed
+from toolkit.machine.interrupts import raise_if_stopped
 from toolkit.models.weights import WeightsStatus
 
 CHIP_PADDING = 0.25             # dlib's default padding around the 5-point alignment
@@ -135,7 +135,7 @@ def weights_status(kinds: Sequence[str] = tuple(MODEL_FILES)) -> WeightsStatus:
 
         paths = model_paths(kinds)
     except Exception as error:  # a broken install: report it, do not raise
-        raise_if_pressed(error)
+        raise_if_stopped(error)
         return WeightsStatus(False, f"cannot load dlib / face_recognition_models ({error}): {INSTALL_HINT}")
     missing = [str(path) for path in paths.values() if not path.is_file()]
     if missing:

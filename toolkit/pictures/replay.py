@@ -27,7 +27,7 @@ import numpy as np
 from toolkit.data.dataset import CompetitionData, LayoutError, find_competition
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.machine.console import warn
-from toolkit.machine.interrupts import raise_if_pressed
+from toolkit.machine.interrupts import raise_if_stopped
 from toolkit.models.weights import WeightsUnavailable
 from toolkit.race.config import AUTO, RaceConfig
 from toolkit.race.contract import RaceContext, Strategy
@@ -104,7 +104,7 @@ def replay_run(board: Leaderboard, run: Run | int, make_strategy: Callable[..., 
     try:
         encoder = strategy.fit(yardstick.folds[0].fit, context).encoder
     except Exception as error:  # a strategy's own failure, as the race catches it: a message, never a crash
-        raise_if_pressed(error)
+        raise_if_stopped(error)
         if isinstance(error, WeightsUnavailable):
             raise ReplayError(f"run {record.id}: cannot create {record.name} again ({error})") from None
         raise ReplayError(f"run {record.id}: cannot create {record.name} again ({type(error).__name__}: "

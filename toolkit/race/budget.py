@@ -26,6 +26,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Iterator, Sequence
 
+from toolkit.machine.interrupts import stops_unwrapped
+
 FINAL_WRITE_FRACTION = 0.03     # the race may end this fraction of the budget late: the final write
 ENSEMBLE_FRACTION = 0.02        # of which ensembles may use this much; the rest is for writing files
 WRITE_SECONDS = 1.0             # choosing post-processing and writing one submission, beyond embedding
@@ -124,7 +126,8 @@ def hard_stop(at: float | None) -> Iterator[None]:
     previous = signal.signal(signal.SIGALRM, out_of_time)
     try:
         signal.setitimer(signal.ITIMER_REAL, max(at - time.monotonic(), 1e-3))
-        yield
+        with stops_unwrapped():     # OutOfTime even where Python or a library wrapped it in an error
+            yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)

@@ -29,7 +29,7 @@ from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
-from toolkit.machine.interrupts import holding_interrupts, interrupts_deferred, raise_if_pressed, say_kept
+from toolkit.machine.interrupts import holding_interrupts, interrupts_deferred, raise_if_stopped, say_kept
 from toolkit.race.cluster import cluster_session, race_on_cluster
 from toolkit.race.remote import Precomputed
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
@@ -204,7 +204,7 @@ class Race:
         except WeightsUnavailable:
             raise
         except Exception as error:   # noqa: BLE001 - the same error is reported when the run fits
-            raise_if_pressed(error)
+            raise_if_stopped(error)
 
     def race_strategy(self, strategy: Strategy, run: StrategyRun, context: RaceContext,
                       test_later: bool = False) -> list[Validated]:
@@ -379,7 +379,7 @@ class Race:
     def failure(self, run: StrategyRun, error: Exception) -> str:
         """The reason a run failed, told to the observer (with the traceback, unless it is missing weights);
         an error that comes from a Ctrl-C is no run's failure: the press is raised, to stop the race."""
-        raise_if_pressed(error)
+        raise_if_stopped(error)
         if isinstance(error, WeightsUnavailable):
             reason, trace = str(error), None
         else:
@@ -390,7 +390,7 @@ class Race:
     def without_weights(self, run: StrategyRun, error: WeightsUnavailable) -> None:
         """Offline without its weights: skipped with the reason, not a failure; weights that do not
         exist under the name given (NoSuchWeights, a wrong option) fail the run; a press, as in failure."""
-        raise_if_pressed(error)
+        raise_if_stopped(error)
         if isinstance(error, NoSuchWeights):
             self.end_run(run, "failed", self.failure(run, error))
         else:

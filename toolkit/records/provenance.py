@@ -10,7 +10,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from toolkit.machine.interrupts import raise_if_pressed
+from toolkit.machine.interrupts import raise_if_stopped
 
 PROJECT = Path(__file__).resolve().parents[2]
 
@@ -59,7 +59,7 @@ def _gpu_name() -> str | None:
         import torch
         return torch.cuda.get_device_name(0) if torch.cuda.is_available() else None
     except Exception as error:  # no torch, or a broken driver: the race row just has no GPU
-        raise_if_pressed(error)
+        raise_if_stopped(error)
         return None
 
 

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 from toolkit.retrieval.encoder import DerivedEncoder, Encoder, l2_normalise
 from toolkit.machine.console import warn
 from toolkit.views.progress import progress_bar
-from toolkit.machine.interrupts import interrupts_deferred, raise_if_pressed, worker_batches
+from toolkit.machine.interrupts import interrupts_deferred, raise_if_stopped, worker_batches
 from toolkit.data.images import UnreadableImage, load_rgb, placeholder_image
 
 MIRRORED = ":mirrored"              # the mirrored embeddings' cache: the fingerprint + this
@@ -128,7 +128,7 @@ def _read_part(part: Path) -> tuple[list[str], np.ndarray] | None:
         with np.load(part) as stored:
             keys, vectors = stored["keys"], stored["vectors"]
     except Exception as error:   # noqa: BLE001 - whatever a damaged file makes zipfile or numpy raise
-        raise_if_pressed(error)
+        raise_if_stopped(error)
         return None
     if keys.ndim != 1 or keys.dtype.kind != "U" or vectors.ndim != 2 or len(keys) != len(vectors) \
             or vectors.dtype.kind != "f" or not np.isfinite(vectors).all():
