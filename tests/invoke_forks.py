@@ -81,7 +81,22 @@ class Command:
         while len(self.stderr) == before and time.monotonic() < waited_until:
             time.sleep(0.05)
         time.sleep(0.2)                             # the other threads' stacks, written after the first's
-        return self.stderr[before:]
+        return self.stderr[before:] + self.kernel_stacks()
+
+    def kernel_stacks(self) -> str:
+        """Each thread's state and kernel stack (Linux /proc, readable as root): where a command
+        waits when Python cannot answer at all, e.g. in a long fsync (state D)."""
+        lines = []
+        for task in sorted(Path(f"/proc/{self.pid}/task").glob("[0-9]*")):
+            try:
+                status = dict(line.split(":\t", 1) for line in (task / "status").read_text().splitlines()
+                              if ":\t" in line)
+                kernel = (task / "stack").read_text().strip() if (task / "stack").exists() else ""
+            except (OSError, ValueError):
+                continue
+            lines.append(f"thread {task.name} {status.get('Name', '?')}: {status.get('State', '?')}\n"
+                         f"{kernel or '(kernel stack not readable)'}")
+        return "\n".join(["", "kernel side:", *lines]) if lines else "\nkernel side: (it has ended)"
 
     @property
     def stdout(self) -> str:
