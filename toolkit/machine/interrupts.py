@@ -276,7 +276,7 @@ def _stop_workers(batches) -> None:
     usual = _utils.MP_STATUS_CHECK_INTERVAL
     _utils.MP_STATUS_CHECK_INTERVAL = WORKER_GRACE_SECONDS
     try:
-        with holding_interrupts():
+        with interrupts_deferred():     # a press meanwhile is raised once they are stopped, never dropped
             batches._shutdown_workers()
             for worker in getattr(batches, "_workers", ()):    # torch terminates and waits the same short time:
                 if worker.is_alive():                          # on a busy machine one can still be there
