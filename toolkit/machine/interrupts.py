@@ -60,13 +60,17 @@ def interruptible(kept: str) -> Callable[[Callable], Callable]:
         @functools.wraps(body)
         def command(*args: Any, **kwargs: Any) -> Any:
             _kept_now.clear()
+            press_answered()
             _set_handler(_first_press)
             try:
-                return body(*args, **kwargs)
+                done = body(*args, **kwargs)
+                raise_if_swallowed()        # pressed, and the press lost on the way: it is said now
+                return done
             except BaseException as error:
                 press, aside = _stop_behind(error, lambda stop: isinstance(stop, KeyboardInterrupt))
                 if press is None:
                     raise
+                press_answered()
                 said = press.kept if isinstance(press, Interrupted) else _kept_now[0] if _kept_now else kept
                 said += aside
             finally:
@@ -154,13 +158,31 @@ def _in_main_thread() -> bool:
     return threading.current_thread() is threading.main_thread()
 
 
+_unanswered: list[bool] = []    # a press raised as KeyboardInterrupt that no code has caught to stop yet
+
+
 def _ignore(signum: int, frame: Any) -> None:
     """SIGINT after the first: the command is already stopping."""
 
 
 def _first_press(signum: int, frame: Any) -> None:
     signal.signal(signal.SIGINT, _ignore)
+    _unanswered[:] = [True]
     raise KeyboardInterrupt
+
+
+def press_answered() -> None:
+    """Called by the code that caught the press and is stopping: later presses are ignored."""
+    _unanswered.clear()
+
+
+def raise_if_swallowed() -> None:
+    """A press that was raised but never reached the code that stops, raised again. A C extension
+    can run Python's signal handler and then clear the error it raised: triton's, as it is imported
+    (torchvision imports it), drops a press that lands in a window of about 10 ms. Long loops
+    (every DataLoader batch, in worker_batches) check, so such a press stops the work a batch later."""
+    if _unanswered:
+        raise KeyboardInterrupt
 
 
 def _set_handler(handler: Any) -> None:
@@ -238,7 +260,7 @@ def worker_batches(loader) -> Iterator[Iterator]:
     The workers start with SIGINT held (caught and blocked while they are forked or spawned), so
     not even a Ctrl-C during their start reaches them; one pressed meanwhile is raised here after."""
     if not loader.num_workers:
-        yield iter(loader)
+        yield _checked(iter(loader))
         return
     if not isinstance(loader.worker_init_fn, _WorkerIgnoresInterrupts):
         loader.worker_init_fn = _WorkerIgnoresInterrupts(loader.worker_init_fn)
@@ -247,9 +269,15 @@ def worker_batches(loader) -> Iterator[Iterator]:
     try:
         if pressed:
             _deliver_held_press()
-        yield batches
+        yield _checked(batches)
     finally:
         _stop_workers(batches)      # after the last batch torch has stopped them: nothing to do
+
+
+def _checked(batches: Iterator) -> Iterator:
+    for batch in batches:
+        raise_if_swallowed()
+        yield batch
 
 
 @contextmanager

@@ -29,7 +29,8 @@ from toolkit.data.dataset import CompetitionData
 from toolkit.data.split import detect_gallery_pattern
 from toolkit.models.weights import NoSuchWeights, WeightsUnavailable
 from toolkit.machine.cpu_memory import keep_freed_memory_for_reuse
-from toolkit.machine.interrupts import holding_interrupts, interrupts_deferred, raise_if_stopped, say_kept
+from toolkit.machine.interrupts import holding_interrupts, interrupts_deferred, press_answered, raise_if_stopped, \
+    say_kept
 from toolkit.race.cluster import cluster_session, race_on_cluster
 from toolkit.race.remote import Precomputed
 from toolkit.race.budget import Budget, OutOfTime, hard_stop, images_after_fit, reserve_seconds, schedule
@@ -100,6 +101,7 @@ def _run_race(data: CompetitionData, strategies: Sequence[Strategy], config: Rac
             race.run_strategies(entries)
             run_ensemble(race, config.ensemble_size)
     except KeyboardInterrupt:
+        press_answered()
         with holding_interrupts():          # a second Ctrl-C must not cut the recording of the runs
             race.interrupt()
     return race.finish()
