@@ -370,6 +370,7 @@ def serve_scorer(c, answers, port: Port = 3001, host="127.0.0.1"):
     try:
         scorer.serve_forever()
     except KeyboardInterrupt:
+        interrupts.press_answered()     # Ctrl-C is how it is stopped: an answer, not an interruption
         console.print("stopped")
     finally:
         scorer.server_close()

@@ -611,3 +611,18 @@ def test_a_ctrl_c_while_the_workers_start_is_held_then_raised_and_they_are_stopp
         with worker_batches(loader) as batches:
             entered.append(batches)
     assert entered == [] and multiprocessing.active_children() == []
+
+
+def test_ctrl_c_is_how_the_reference_scorer_is_stopped_so_it_says_stopped_and_exits_0(tmp_path):
+    answers = tmp_path / "answers.json"
+    answers.write_text('{"query": {"q.jpg": "a"}, "gallery": {"g.jpg": "a"}}')
+    with InvokeForks(ENVIRONMENT) as forks:
+        command = forks.start(["serve-scorer", "--answers", str(answers), "--port", "0"], tmp_path / "serve")
+        listening = time.monotonic() + 120
+        while "Ctrl-C stops it" not in command.stdout and command.wait(timeout=0.1) is None \
+                and time.monotonic() < listening:
+            pass
+        assert command.code is None, command.stdout + command.stderr
+        os.killpg(command.pid, signal.SIGINT)
+        assert command.wait(timeout=EXIT_SECONDS) == 0, command.stdout + command.stderr
+    assert command.stdout.splitlines()[-1] == "stopped" and command.stderr == "", command.stdout + command.stderr
