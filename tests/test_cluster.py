@@ -22,6 +22,7 @@ from strategies.base import Fitted
 from tests.racing import race
 from tests.test_race_budget import PROJECT, PixelEncoder, PixelStrategy, interrupt_invoke_race
 from toolkit.data.dataset import find_competition
+from toolkit.race.cluster import LOCAL, cluster_session
 from toolkit.race.remote import data_manifest, pack, present
 from toolkit.records.store import Leaderboard
 from toolkit.retrieval.embed import embed_images
@@ -34,11 +35,11 @@ WAIT = 120.0      # seconds a test waits for something that happens in a second 
 
 @pytest.fixture(scope="module")
 def cluster():
-    """One local Ray cluster of two CPUs for the module's races (each strategy asks for one)."""
+    """One local Ray cluster for the module's races, started as `--cluster local` starts it: its
+    workers at the driver's priority (Ray's own nice 15 starves them beside another busy process)."""
     os.environ["PYTHONPATH"] = os.pathsep.join([str(PROJECT), str(PROJECT / "tests"), os.environ.get("PYTHONPATH", "")])
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
-    yield ray
-    ray.shutdown()
+    with cluster_session(LOCAL):
+        yield ray
 
 
 def _wait_for(condition, what: str) -> None:
@@ -70,6 +71,14 @@ class Rendezvous(PixelStrategy):
         fitted = super().fit(training, context, deadline)
         return Fitted(fitted.encoder, details={"began": began, "ended": time.time(), "pid": os.getpid(),
                                                "threads": torch.get_num_threads()})
+
+
+class Stamped(PixelStrategy):
+    """Says when (wall clock) it began fitting, in what it measured."""
+    name = "test-stamped"
+
+    def fit(self, training, context=None, deadline=None) -> Fitted:
+        return Fitted(super().fit(training, context, deadline).encoder, details={"began": time.time()})
 
 
 class Stuck(PixelStrategy):
@@ -130,6 +139,16 @@ def test_submissions_equal_the_in_process_race(cluster, tmp_path, synthetic_comp
     pairs = [({run.label: run for run in there.runs}[run.label], run) for run in here.runs]
     assert all(remote.validation.score == local.validation.score and remote.flip_tta == local.flip_tta
                and remote.post_processing == local.post_processing for remote, local in pairs)
+
+
+def test_strategies_that_each_need_the_whole_cluster_start_in_the_race_s_order(cluster, tmp_path,
+                                                                             synthetic_competition):
+    competition = find_competition(synthetic_competition)
+    strategies = [Stamped(width=width) for width in (8, 12, 16, 20)]      # the whole cluster each: one at a time
+    result = race(competition, strategies, cluster="auto", ensemble_size=0, **_options(tmp_path))
+    assert [run.status for run in result.runs] == ["finished"] * 4, [run.reason for run in result.runs]
+    began = [run.details["began"] for run in result.runs]
+    assert began == sorted(began), [run.label for run in sorted(result.runs, key=lambda run: run.details["began"])]
 
 
 def test_a_strategy_still_running_at_the_budget_end_is_stopped_and_timed_out(cluster, tmp_path,

@@ -1,4 +1,4 @@
-"""The race's strategies on a Ray cluster (`invoke race --cluster ADDRESS`), all at once.
+"""The race's strategies on a Ray cluster (`invoke race --cluster ADDRESS`), at the same time.
 
     with cluster_session("local"):      # "local": start Ray here; "auto": the cluster `ray start`
         run_race(...)                   # made; "ray://host:10001": one elsewhere; None: no Ray
@@ -6,7 +6,8 @@
 Each strategy is one Ray actor (toolkit.race.cluster_worker.StrategyWorker) that asks for the
 resources the strategy declares (Strategy.resources: a GPU for torch models when the cluster has
 GPUs, else a machine's cores; dlib's face-zs, a machine's cores), so independent strategies run at
-the same time on different GPUs and machines. Ray gives a worker as many torch threads as the
+the same time on different GPUs and machines. Actors start in the race's order (zero-shot first),
+the next once every earlier one has a worker: Ray grants waiting actors in no set order. Ray gives a worker as many torch threads as the
 cores it asked for. The
 driver keeps everything a race decides: each worker estimates (the driver skips a strategy whose
 estimate exceeds the time left, never truncating it), fits and embeds validation plain and
@@ -102,6 +103,7 @@ class _ClusterRace:
         self.race, self.ray = race, ray
         self.worker_class = ray.remote(StrategyWorker)
         self.pending: dict[Any, _Step] = {}
+        self.waiting: list[tuple] = []      # (strategy, run, resources) not yet given an actor
         self.actors: list = []
         self.shipped = None
         data = race.data
@@ -114,14 +116,21 @@ class _ClusterRace:
         self.race.runs[:] = [run for _, run in ordered]
         gpus = self.ray.cluster_resources().get("GPU", 0) > 0
         cores = min((node["Resources"].get("CPU", 1) for node in self.ray.nodes() if node.get("Alive")), default=1)
+        self.waiting = [(strategy, run, strategy.resources(gpus, cores)) for strategy, run in ordered]
         try:
-            for strategy, run in ordered:
-                self.start(strategy, run, strategy.resources(gpus, cores))
-            while self.pending:
+            while self.pending or self.waiting:
+                self.start_in_order()
                 self.step()
         finally:                                # Ctrl-C, an error: no actor outlives the race
             for actor in self.actors:
                 self.ray.kill(actor, no_restart=True)
+
+    def start_in_order(self) -> None:
+        """Start the next strategy's actor once every earlier one has a worker: Ray grants queued
+        actors in no set order, and a trained strategy given the cluster before a zero-shot one
+        listed ahead of it could hold every worker to the budget's end (seen on a loaded machine)."""
+        while self.waiting and not any(step.stage == "needs_data" for step in self.pending.values()):
+            self.start(*self.waiting.pop(0))
 
     def start(self, strategy, run, resources: dict) -> None:
         race = self.race
@@ -217,7 +226,10 @@ class _ClusterRace:
                 self.end(step, "skipped", "no worker was free before the budget ended")
             else:
                 self.end(step, "timed-out", f"still {step.run.status} when the budget ended")
+        for _, run, _ in self.waiting:          # never given an actor
+            self.race.end_run(run, "skipped", "no worker was free before the budget ended")
         self.pending.clear()
+        self.waiting.clear()
 
 
 def _last_error_line(error: BaseException) -> str:
