@@ -7,9 +7,9 @@ Each strategy is one Ray actor (toolkit.race.cluster_worker.StrategyWorker) that
 resources the strategy declares (Strategy.resources: a GPU for torch models when the cluster has
 GPUs, else a machine's cores; dlib's face-zs, a machine's cores), so independent strategies run at
 the same time on different GPUs and machines. Actors start in the race's order (zero-shot first),
-the next once every earlier one has a worker: Ray grants waiting actors in no set order. Ray gives a worker as many torch threads as the
-cores it asked for. The
-driver keeps everything a race decides: each worker estimates (the driver skips a strategy whose
+the next once every earlier one has a worker: Ray grants waiting actors in no set order. Ray gives
+a worker as many torch threads as the cores it asked for. The driver keeps everything a race
+decides: each worker estimates (the driver skips a strategy whose
 estimate exceeds the time left, never truncating it), fits and embeds validation plain and
 mirrored; the driver chooses flip and post-processing (Race.validate); the worker embeds the test
 set at that flip; the driver ranks it, writes the submission and the leaderboard row (Race.submit,
@@ -38,6 +38,7 @@ LOCAL, AUTO = "local", "auto"
 WAIT_SECONDS = 0.5       # the driver looks at the clock (and Ctrl-C) at least this often
 WORKER_NICENESS = "RAY_worker_niceness"   # read by the Ray that ray.init starts here
 INSTALL_HINT = "--cluster needs Ray: pip install 'retrieval-race[cluster]'"
+NO_WORKER = "no worker was free before the budget ended"
 
 
 def check_address(address: str) -> None:
@@ -126,9 +127,9 @@ class _ClusterRace:
                 self.ray.kill(actor, no_restart=True)
 
     def start_in_order(self) -> None:
-        """Start the next strategy's actor once every earlier one has a worker: Ray grants queued
-        actors in no set order, and a trained strategy given the cluster before a zero-shot one
-        listed ahead of it could hold every worker to the budget's end (seen on a loaded machine)."""
+        """Start the next strategies' actors, each once every earlier one has a worker (Ray grants
+        waiting actors in no set order: a trained strategy granted first could hold every worker
+        to the budget's end while a zero-shot one listed ahead of it waited)."""
         while self.waiting and not any(step.stage == "needs_data" for step in self.pending.values()):
             self.start(*self.waiting.pop(0))
 
@@ -223,11 +224,11 @@ class _ClusterRace:
         """The budget has ended: what runs is stopped (timed-out), what never started is skipped."""
         for step in list(self.pending.values()):
             if step.stage == "needs_data":      # its actor never got a worker
-                self.end(step, "skipped", "no worker was free before the budget ended")
+                self.end(step, "skipped", NO_WORKER)
             else:
                 self.end(step, "timed-out", f"still {step.run.status} when the budget ended")
         for _, run, _ in self.waiting:          # never given an actor
-            self.race.end_run(run, "skipped", "no worker was free before the budget ended")
+            self.race.end_run(run, "skipped", NO_WORKER)
         self.pending.clear()
         self.waiting.clear()
 
